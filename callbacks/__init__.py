@@ -1,0 +1,20 @@
+"""Round-level observers of a federation: ``on_run_start(fed)``, ``on_round_end(fed, record)``,
+``on_run_end(fed, results)``. They only watch; results never depend on them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .jsonl import JsonlWriter
+from .progress import ProgressBar
+
+
+def default_callbacks(cfg, run_dir: Path) -> list:
+    """What ``pflalign run`` attaches: files always, progress, and W&B unless disabled."""
+    cbs = [JsonlWriter(run_dir), ProgressBar(enabled=cfg.progress)]
+    if cfg.wandb.mode != "disabled":
+        from .wandb import WandbLogger
+        cbs.append(WandbLogger(cfg, run_dir))
+    return cbs
+
+
+__all__ = ["JsonlWriter", "ProgressBar", "default_callbacks"]

@@ -1,0 +1,28 @@
+"""Algorithm registry: one file per algorithm, one line here."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Algorithm, Phase, Turn, Upload
+from .fedavg import FedAvg
+from .fedavg_ft import FedAvgFT
+from .fedprox import FedProx
+from .local import Local
+from .pflalign import PFLAlign
+
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (Local, FedAvg, FedAvgFT, FedProx, PFLAlign)
+}
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{name}' (choose from {', '.join(ALGORITHMS)})")
+    return ALGORITHMS[name]
+
+
+def build_algorithm(cfg) -> Algorithm:
+    """The algorithm of a validated ``Config`` (``cfg.algo`` holds its hyperparameters)."""
+    return get_algorithm(cfg.algorithm)(cfg.algo)
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "Phase", "Turn", "Upload", "build_algorithm", "get_algorithm"]

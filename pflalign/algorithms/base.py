@@ -1,0 +1,136 @@
+"""The algorithm plug-in contract. Defaults are FedAvg; an algorithm overrides only what differs.
+
+Hooks see tensors, state dicts and the client module, never Ray or W&B, so every algorithm
+runs unchanged on every runtime. A client's turn is a pure function of (client id, round,
+payload, persistent client state, seed): all randomness comes from the turn's seeded stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+Params = dict[str, torch.Tensor]  # parameter name -> tensor, in ``named_parameters()`` order
+
+
+@dataclass
+class Phase:
+    """One stage of local training: which parameters train, for how long, at what rate.
+
+    ``params`` is ``all``, ``body`` or ``head`` (name prefixes of :class:`SplitModel`);
+    ``epochs``/``lr`` of ``None`` mean the run's ``train.local_epochs``/``train.lr``.
+    The hooks read ``turn.phase.name`` to pick the phase's loss or gradient transform.
+    """
+    name: str = "train"
+    params: str = "all"
+    epochs: Optional[int] = None
+    lr: Optional[float] = None
+
+
+@dataclass
+class Turn:
+    """Everything one client's hooks may read or write during its turn."""
+    client_id: int
+    round: int
+    payload: dict[str, Any]
+    state: dict[str, Any]  # persists across rounds (personalized weights, moments, ...)
+    num_train: int
+    data: Any = None  # the client's ClientData (train/val/test tensors), for extra passes
+    scratch: dict[str, Any] = field(default_factory=dict)  # this turn only
+    phase: Phase = field(default_factory=Phase)
+
+
+@dataclass
+class Upload:
+    client_id: int
+    weight: float  # n_i, the client's train size
+    data: dict[str, Any]
+
+
+@dataclass
+class NoHparams:
+    """This algorithm has no hyperparameters of its own."""
+
+
+def clone(params: Params) -> Params:
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+def flatten(params: Params) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in params.values()])
+
+
+def unflatten(vector: torch.Tensor, like: Params) -> Params:
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = vector[i:i + v.numel()].view_as(v).clone()
+        i += v.numel()
+    return out
+
+
+def weighted_mean(dicts: list[Params], weights: torch.Tensor) -> Params:
+    """Sum_i w_i * dicts[i] / sum w, as one matrix-vector product over flattened tensors."""
+    stacked = torch.stack([flatten(d) for d in dicts])
+    w = (weights / weights.sum()).to(stacked.dtype)
+    return unflatten(w @ stacked, dicts[0])
+
+
+class Algorithm:
+    """FedAvg (McMahan et al., 2017): start from the global model, train, average the updates."""
+
+    name = "fedavg"
+    Hparams: type = NoHparams
+    evaluates_global = True  # report the global model on every client's test split
+
+    def __init__(self, hp: Any = None):
+        self.hp = hp if hp is not None else self.Hparams()
+
+    # ---- server side -------------------------------------------------------------------
+    def init_server_state(self, global_params: Params) -> dict:
+        return {}
+
+    def payload(self, global_params: Params, server_state: dict) -> dict:
+        """What every sampled client receives this round (broadcast once)."""
+        return {"global": global_params}
+
+    def aggregate(self, uploads: list[Upload], global_params: Params,
+                  server_state: dict) -> tuple[Params, dict]:
+        """w <- w + sum_i p_i u_i, p renormalized over the participating clients."""
+        mean = weighted_mean([u.data["update"] for u in uploads], self.upload_weights(uploads))
+        return {k: global_params[k] + mean[k] for k in global_params}, server_state
+
+    def round_stats(self, stats: list[dict]) -> dict:
+        """Reduce the clients' upload statistics to round metrics (default: mean per key)."""
+        keys = sorted({k for s in stats for k in s})
+        return {k: sum(s[k] for s in stats if k in s) / sum(k in s for s in stats) for k in keys}
+
+    @staticmethod
+    def upload_weights(uploads: list[Upload]) -> torch.Tensor:
+        return torch.tensor([u.weight for u in uploads], dtype=torch.float64)
+
+    # ---- client side -------------------------------------------------------------------
+    def local_phases(self, turn: Turn) -> list[Phase]:
+        return [Phase()]
+
+    def client_begin(self, module, turn: Turn) -> None:
+        """Load the model this client starts its local training from."""
+        module.load_params(turn.payload["global"])
+        turn.scratch["start"] = module.params()
+
+    def loss(self, module, batch, turn: Turn) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(module(x), y)
+
+    def transform_gradients(self, module, turn: Turn) -> None:
+        """After backward, before the optimizer step (``param.grad`` may be rewritten)."""
+
+    def client_end(self, module, turn: Turn) -> dict:
+        """What the client sends; it may also update ``turn.state``."""
+        start = turn.scratch["start"]
+        return {"update": {k: v - start[k] for k, v in module.params().items()}}
+
+    def personalized_params(self, module, turn: Turn) -> Params:
+        """The model evaluated as "this client's model" (may train, e.g. one adaptation step)."""
+        return turn.payload["global"]

@@ -1,0 +1,37 @@
+"""FedAvg + fine-tuning: the client's model is the global model fine-tuned for the local
+epochs of its turn (the update it sends is the same training). ``persistent_momentum`` keeps a
+per-client bias-corrected gradient EMA across rounds and steps along it: ALGORITHM.md's control
+that isolates pFLAlign's preconditioner from plain persistence."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import option
+from .base import Algorithm, Turn
+from .moments import update_moments
+
+
+@dataclass
+class FedAvgFTHparams:
+    persistent_momentum: bool = option(False, "step along a per-client EMA of gradients kept across rounds")
+    b1: float = option(0.9, "EMA decay of the persistent momentum", lo=0, hi=0.9999, sweep="uniform(0.8, 0.95)")
+
+
+class FedAvgFT(Algorithm):
+    name = "fedavg_ft"
+    Hparams = FedAvgFTHparams
+
+    def transform_gradients(self, module, turn: Turn) -> None:
+        if not self.hp.persistent_momentum:
+            return
+        turn.state["s"] = turn.state.get("s", 0) + 1
+        for name, p in module.model.named_parameters():
+            if p.grad is not None:
+                p.grad = update_moments(turn.state, name, p.grad, self.hp.b1, None)[0]
+
+    def client_end(self, module, turn: Turn) -> dict:
+        turn.state["theta"] = module.params()
+        return super().client_end(module, turn)
+
+    def personalized_params(self, module, turn: Turn):
+        return turn.state.get("theta", turn.payload["global"])

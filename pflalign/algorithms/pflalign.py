@@ -1,0 +1,168 @@
+"""pFLAlign: personalized FL by gradient alignment (arXiv 2605.02143; spec in ALGORITHM.md).
+
+Mechanism 1 multiplies each local gradient by a client-specific signal-to-noise shrinkage P
+built from moments that persist across rounds (a Wiener estimate of the client's expected
+gradient). Mechanism 2 restarts each turn from w + Gamma*(theta_i - w) and moves the gates
+Gamma toward coordinates where the client's descent direction agrees with its personalized
+direction, minus a KL shrinkage (both from a PAC-Bayes bound).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import option
+from .base import Algorithm, Params, Turn, Upload, clone, weighted_mean
+from .diagnostics import gradient_variance
+from .moments import update_moments
+
+
+@dataclass
+class PFLAlignHparams:
+    m1: bool = option(True, "mechanism 1: preconditioned local update (off: P=1, h=g)")
+    m2: bool = option(True, "mechanism 2: gated personalized start (off: start from w)")
+    precond: str = option("snr", "preconditioner form", choices=["snr", "var", "fisher", "rms", "none"])
+    direction: str = option("momentum", "h = bias-corrected EMA of gradients, or the raw gradient",
+                            choices=["momentum", "gradient"])
+    kappa: float = option(1.0, "noise weight of the SNR shrinkage", lo=0, sweep="loguniform(0.1, 10)")
+    pmax: float = option(4.0, "cap on P after per-tensor mean normalization", lo=0, lo_open=True,
+                         sweep="uniform(2, 16)")
+    b1: float = option(0.9, "first-moment decay", lo=0, hi=0.9999, sweep="uniform(0.8, 0.95)")
+    b2: float = option(0.99, "second-moment decay", lo=0, hi=0.9999, sweep="uniform(0.95, 0.999)")
+    rho_p: float = option(1.0, "damping of the var/fisher forms", lo=0, lo_open=True,
+                          sweep="loguniform(0.1, 10)")
+    gate_scope: str = option("all", "tensors with gates (head: the body always starts from w)",
+                             choices=["all", "head"])
+    gamma0: float = option(0.2, "initial gate", lo=0, hi=1, sweep="uniform(0, 1)")
+    eta_g: float = option(0.1, "gate step", lo=0, sweep="loguniform(0.01, 0.5)")
+    lam_g: float = option(4.0, "KL shrinkage weight of the gate update", lo=0, sweep="loguniform(0.1, 10)")
+    score: str = option("clip", "alignment score form", choices=["clip", "sign"])
+    mu: float = option(0.0, "proximal pull toward the round's global model", lo=0, sweep="uniform(0, 1)")
+    send: str = option("update", "what the server averages", choices=["update", "model"])
+    diag_every: int = option(10, "measure gradient variance every k rounds (0: never)", lo=0)
+    diag_clients: int = option(3, "clients 0..k-1 are measured on diagnostic rounds they take part in", lo=1)
+    diag_batches: int = option(8, "random minibatches per gradient-variance measurement", lo=1)
+
+
+def preconditioner(kind: str, mh: torch.Tensor, vh: torch.Tensor, kappa: float, pmax: float,
+                   rho_p: float) -> torch.Tensor:
+    """The multiplicative preconditioner P of one tensor (mean ~1 for snr and rms)."""
+    if kind == "snr":
+        var = (vh - mh * mh).clamp_min(0)
+        r = mh * mh / (mh * mh + kappa * var + 1e-30)
+        return (r / (r.mean() + 1e-12)).clamp_max(pmax)
+    if kind == "var":
+        var = (vh - mh * mh).clamp_min(0)
+        return rho_p / (var / (var.mean() + 1e-30) + rho_p)
+    if kind == "fisher":
+        return rho_p / (vh / (vh.mean() + 1e-30) + rho_p)
+    if kind == "rms":
+        r = 1 / (vh.sqrt() + 1e-8)
+        return (r / r.mean()).clamp_max(pmax)
+    return torch.ones_like(mh)
+
+
+def gate_step(gamma: torch.Tensor, gbar: torch.Tensor, d: torch.Tensor, *, eta_g: float,
+              lam_g: float, score: str) -> torch.Tensor:
+    """Gamma + eta_g * (alignment of -gbar with d  -  KL shrinkage), clipped to [0, 1]."""
+    rms = lambda t: t.pow(2).mean().sqrt()  # noqa: E731
+    align = -(gbar * d) / (rms(gbar) * rms(d) + 1e-30)
+    align = align.clamp(-1, 1) if score == "clip" else torch.sign(align)
+    kl = lam_g * gamma * d * d / (d.pow(2).mean() + 1e-30)
+    return (gamma + eta_g * (align - kl)).clamp(0, 1)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1), eps=1e-30))
+
+
+class PFLAlign(Algorithm):
+    name = "pflalign"
+    Hparams = PFLAlignHparams
+
+    def _in_scope(self, name: str) -> bool:
+        return self.hp.gate_scope == "all" or name.startswith("head.")
+
+    # ---- client side -------------------------------------------------------------------
+    def client_begin(self, module, turn: Turn) -> None:
+        hp, w, theta = self.hp, turn.payload["global"], turn.state.get("theta")
+        start = dict(w)
+        if hp.m2 and theta is not None:
+            gamma = turn.state.setdefault(
+                "gamma", {k: torch.full_like(v, hp.gamma0) for k, v in w.items() if self._in_scope(k)})
+            d = {k: theta[k] - w[k] for k in gamma}
+            start.update({k: w[k] + gamma[k] * d[k] for k in gamma})
+            turn.scratch["d"] = d
+        module.load_params(start)
+        turn.scratch.update(start=clone(start), gsum={}, steps=0)
+        turn.state.setdefault("s", 0)
+
+    def transform_gradients(self, module, turn: Turn) -> None:
+        hp, sc, w = self.hp, turn.scratch, turn.payload["global"]
+        sc["steps"] += 1
+        if hp.m1:
+            turn.state["s"] += 1
+        for name, p in module.model.named_parameters():
+            g = p.grad
+            if g is None:
+                continue
+            if "d" in sc and name in sc["d"]:
+                sc["gsum"][name] = sc["gsum"].get(name, 0) + g
+            if hp.m1:
+                mh, vh = update_moments(turn.state, name, g, hp.b1, hp.b2)
+                P = preconditioner(hp.precond, mh, vh, hp.kappa, hp.pmax, hp.rho_p)
+                h = mh if hp.direction == "momentum" else g
+            else:
+                P, h = 1.0, g
+            if hp.mu:
+                h = h + hp.mu * (p.detach() - w[name])
+            p.grad = P * h
+
+    def client_end(self, module, turn: Turn) -> dict:
+        hp, sc, end = self.hp, turn.scratch, module.params()
+        stats = {}
+        if "d" in sc and sc["steps"]:
+            gamma = turn.state["gamma"]
+            cos = []
+            for k, d in sc["d"].items():
+                gbar = sc["gsum"][k] / sc["steps"]
+                cos.append(cosine(-gbar, d))
+                gamma[k] = gate_step(gamma[k], gbar, d, eta_g=hp.eta_g, lam_g=hp.lam_g, score=hp.score)
+            stats["align/cos_dir"] = sum(cos) / len(cos)
+        if "gamma" in turn.state:
+            stats["gamma"] = float(torch.cat([g.reshape(-1) for g in turn.state["gamma"].values()]).mean())
+        if hp.diag_every and turn.round % hp.diag_every == 0 and turn.client_id < hp.diag_clients:
+            stats.update(gradient_variance(module, turn.data, self._current_p(module, turn), hp.diag_batches,
+                                           module.batch_size))
+        turn.state["theta"] = end
+        start = sc["start"]
+        data = {"model": end} if hp.send == "model" else {"update": {k: v - start[k] for k, v in end.items()}}
+        return {**data, "stats": stats}
+
+    def _current_p(self, module, turn: Turn) -> Params | None:
+        """P from the client's current moments (None when mechanism 1 is off: P = 1)."""
+        hp, s = self.hp, turn.state.get("s", 0)
+        if not hp.m1 or not s:
+            return None
+        m, v = turn.state["m"], turn.state["v"]
+        return {k: preconditioner(hp.precond, m[k] / (1 - hp.b1 ** s), v[k] / (1 - hp.b2 ** s),
+                                  hp.kappa, hp.pmax, hp.rho_p) for k in m}
+
+    def personalized_params(self, module, turn: Turn) -> Params:
+        return turn.state.get("theta", turn.payload["global"])
+
+    # ---- server side -------------------------------------------------------------------
+    def round_stats(self, stats: list[dict]) -> dict:
+        out = super().round_stats(stats)
+        gammas = torch.tensor([s["gamma"] for s in stats if "gamma" in s], dtype=torch.float64)
+        out.pop("gamma", None)
+        if len(gammas):
+            out["align/gamma_mean"] = float(gammas.mean())
+            out["align/gamma_std"] = float(gammas.std(unbiased=False))
+        return out
+
+    def aggregate(self, uploads: list[Upload], global_params: Params, server_state: dict):
+        if self.hp.send == "model":
+            return weighted_mean([u.data["model"] for u in uploads], self.upload_weights(uploads)), server_state
+        return super().aggregate(uploads, global_params, server_state)

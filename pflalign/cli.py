@@ -1,0 +1,98 @@
+"""``pflalign`` command line: the composition root (Ray, W&B and Tune are imported lazily).
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import InputError, NonFiniteLossError
+
+LISTS = ("algorithms", "datasets", "models", "partitions", "keys")
+
+
+def _keys_help() -> str:
+    from .config import describe
+
+    rows = [f"  {k:<26} {str(d):<18} {h}" for k, d, h in describe()]
+    return ("config keys (KEY=VALUE, defaults shown; algorithm hyperparameters are algo.<name>,\n"
+            "see `pflalign list algorithms`):\n" + "\n".join(rows))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pflalign", description="Personalized federated learning with gradient alignment (pFLAlign) "
+        "and pFL baselines, on Lightning clients, locally or on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run one federation", epilog=_keys_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Run one experiment; prints the run directory as its last line.")
+    run.add_argument("--config", help="YAML experiment file (e.g. configs/default.yaml)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.alpha=0.5")
+    lst = sub.add_parser("list", help="list algorithms, datasets, models, partitions or config keys")
+    lst.add_argument("what", nargs="?", choices=LISTS, default="algorithms")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from callbacks import default_callbacks
+
+    from .config import load_config
+    from .experiment import load_run_config, run_experiment
+
+    if args.resume:
+        if args.config:
+            raise InputError("--resume takes the run's own config.yaml; drop --config")
+        cfg = load_run_config(Path(args.resume), args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    run_dir = run_experiment(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
+    print(run_dir)
+    return 0
+
+
+def cmd_list(args) -> int:
+    import dataclasses
+
+    from .algorithms import ALGORITHMS
+    from .config import describe
+    from .data import DATASETS, PARTITIONS
+    from .models import MODELS
+
+    if args.what == "algorithms":
+        for name, cls in ALGORITHMS.items():
+            print(f"{name:<12} {(cls.__doc__ or sys.modules[cls.__module__].__doc__ or '').strip().splitlines()[0]}")
+            for f in dataclasses.fields(cls.Hparams):
+                print(f"    algo.{f.name:<20} {str(f.default):<10} {f.metadata.get('help', '')}")
+    elif args.what == "keys":
+        for key, default, help_ in describe():
+            print(f"{key:<26} {str(default):<18} {help_}")
+    else:
+        print("\n".join({"datasets": DATASETS, "models": MODELS, "partitions": PARTITIONS}[args.what]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+    except InputError as e:
+        print(f"pflalign: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"pflalign: stopped: {e} (the last good checkpoint is kept)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pflalign: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - the contract: anything else is exit 1 with its traceback
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Client-side execution: a long-lived Lightning ``ClientModule`` driven by a ``ClientWorker``.
+
+One worker (in-process, or one per Ray actor) holds ONE module and ONE Trainer for the whole
+run and swaps clients in and out of it: a client's persistent state travels with its turn, so
+any worker can train any client and the result depends only on the turn's inputs.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .algorithms import Algorithm, Turn, Upload, build_algorithm
+from .algorithms.base import Params, Phase
+from .data import FederatedData, build_federated_data
+from .errors import NonFiniteLossError
+from .models import build_model
+
+
+def turn_seed(*keys: int) -> int:
+    """A 63-bit seed for one (run seed, client, round, purpose): independent, order-free streams."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class ClientModule(pl.LightningModule):
+    """The model plus the algorithm's hooks at Lightning's fixed points."""
+
+    def __init__(self, model: torch.nn.Module, algorithm: Algorithm, train_cfg, num_classes: int):
+        super().__init__()
+        self.model, self.algorithm, self.train_cfg = model, algorithm, train_cfg
+        self.batch_size = train_cfg.batch_size
+        self.turn: Turn | None = None
+        self.accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.mean_loss = MeanMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def params(self) -> Params:
+        return {k: p.detach().clone() for k, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def load_params(self, params: Params) -> None:
+        for k, p in self.model.named_parameters():
+            p.copy_(params[k])
+
+    def training_step(self, batch, batch_idx):
+        loss = self.algorithm.loss(self, batch, self.turn)
+        if not torch.isfinite(loss):
+            t = self.turn
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at round {t.round}, client {t.client_id}, "
+                                     f"phase {t.phase.name}: lower train.lr or check the data")
+        self.turn.scratch["loss_sum"] = self.turn.scratch.get("loss_sum", 0.0) + loss.detach()
+        self.turn.scratch["loss_steps"] = self.turn.scratch.get("loss_steps", 0) + 1
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.algorithm.transform_gradients(self, self.turn)
+
+    def configure_optimizers(self):
+        phase = self.turn.phase
+        params = [p for k, p in self.model.named_parameters() if phase.params == "all" or k.startswith(phase.params + ".")]
+        lr = phase.lr if phase.lr is not None else self.train_cfg.lr
+        return torch.optim.SGD(params, lr=lr, weight_decay=self.train_cfg.weight_decay)
+
+    @torch.no_grad()
+    def evaluate(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean loss) of ``params`` on (x, y)."""
+        self.load_params(params)
+        self.model.eval()
+        self.accuracy.reset(), self.mean_loss.reset()
+        for i in range(0, len(y), 1024):
+            logits = self.model(x[i:i + 1024])
+            self.accuracy.update(logits, y[i:i + 1024])
+            self.mean_loss.update(torch.nn.functional.cross_entropy(logits, y[i:i + 1024]), len(logits))
+        self.model.train()
+        return float(self.accuracy.compute()), float(self.mean_loss.compute())
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    """Shuffled minibatches of in-memory tensors, one index tensor per batch (no per-item collate)."""
+    ds = torch.utils.data.TensorDataset(x, y)
+    sampler = torch.utils.data.BatchSampler(
+        torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(seed)), batch_size, False)
+    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler)
+
+
+class ClientWorker:
+    """Runs client turns: train (returns the upload and the new client state) and evaluate."""
+
+    def __init__(self, cfg, data: FederatedData | None = None):
+        _quiet_lightning()
+        torch.set_num_threads(cfg.train.num_threads)
+        self.cfg = cfg
+        self.data = data if data is not None else build_federated_data(cfg.data, cfg.seed)
+        self.algorithm = build_algorithm(cfg)
+        model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
+        self.module = ClientModule(model, self.algorithm, cfg.train, self.data.num_classes)
+        self.trainer = pl.Trainer(
+            accelerator=cfg.train.accelerator, devices=1, max_epochs=0, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, deterministic=False)
+
+    def _turn(self, client_id: int, rnd: int, payload: dict, state: dict, purpose: int) -> Turn:
+        torch.manual_seed(turn_seed(self.cfg.seed, client_id, rnd, purpose))
+        client = self.data.clients[client_id]
+        turn = Turn(client_id, rnd, payload, state, num_train=len(client.train_y), data=client)
+        self.module.turn = turn
+        return turn
+
+    def train(self, client_id: int, rnd: int, payload: dict, state: dict) -> tuple[Upload, dict]:
+        turn = self._turn(client_id, rnd, payload, state, purpose=0)
+        self.algorithm.client_begin(self.module, turn)
+        for i, phase in enumerate(self.algorithm.local_phases(turn)):
+            self._fit(turn, phase, seed=turn_seed(self.cfg.seed, client_id, rnd, 1, i))
+        data = self.algorithm.client_end(self.module, turn)
+        stats, steps = data.pop("stats", {}), turn.scratch.get("loss_steps", 0)
+        if steps:
+            stats["train_loss"] = float(turn.scratch["loss_sum"]) / steps
+        return Upload(client_id, float(turn.num_train), {**data, "stats": stats}), turn.state
+
+    def _fit(self, turn: Turn, phase: Phase, seed: int) -> None:
+        turn.phase = phase
+        epochs = phase.epochs if phase.epochs is not None else self.cfg.train.local_epochs
+        if epochs == 0:
+            return
+        client = turn.data
+        self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
+        self.trainer.fit(self.module, train_dataloaders=batches(client.train_x, client.train_y,
+                                                                self.cfg.train.batch_size, seed))
+
+    def evaluate(self, client_id: int, rnd: int, payload: dict, state: dict) -> dict[str, Any]:
+        """Personalized (and global) accuracy/loss on the client's test and validation splits."""
+        turn = self._turn(client_id, rnd, payload, state, purpose=2)
+        client = turn.data
+        models = {"": self.algorithm.personalized_params(self.module, turn)}
+        if self.algorithm.evaluates_global:
+            models["global_"] = payload["global"]
+        out: dict[str, Any] = {"client": client_id, "n_test": len(client.test_y), "n_val": len(client.val_y)}
+        for prefix, params in models.items():
+            out[prefix + "acc"], out[prefix + "loss"] = self.module.evaluate(params, client.test_x, client.test_y)
+            if len(client.val_y):
+                out[prefix + "val_acc"], out[prefix + "val_loss"] = self.module.evaluate(params, client.val_x, client.val_y)
+        return out

@@ -1,0 +1,198 @@
+"""build_federated_data: dataset -> partition -> per-client splits, cached on disk.
+
+Everything is a function of the data config and one seed, through separate
+``np.random.default_rng`` streams (generation, partition, split), so changing e.g. the split
+never changes the partition. The cache holds the per-client index arrays (plus x for generated
+datasets; file datasets are re-read, which is fast and keeps the cache small) in one .npz named
+by a hash of the config fields and the seed, written atomically so parallel runs can share it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..errors import DataError
+from . import partition as P
+from .containers import SPLITS, ClientData, FederatedData
+from .datasets import RawDataset, get_dataset
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+_NOT_HASHED = ("cache_dir", "download", "seed")
+_PARTITION_STREAM, _SPLIT_STREAM = 1, 2
+
+
+def effective_seed(cfg: DataConfig, seed: int) -> int:
+    return int(cfg.seed if cfg.seed is not None else seed)
+
+
+def cache_key(cfg: DataConfig, seed: int) -> str:
+    """sha256[:16] of the canonical JSON of the data-defining fields and the effective seed."""
+    fields = {}
+    for f in dataclasses.fields(DataConfig):
+        if f.name in _NOT_HASHED:
+            continue
+        v = getattr(cfg, f.name)
+        if isinstance(f.default, float) and v is not None:
+            v = float(v)  # 1 and 1.0 are the same setting
+        if f.name == "root" and v is not None:
+            v = str(Path(v).expanduser().resolve())
+        fields[f.name] = v
+    fields["seed"] = effective_seed(cfg, seed)
+    fields["cache_version"] = CACHE_VERSION
+    canon = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def cache_path(cfg: DataConfig, seed: int) -> Path:
+    return Path(cfg.cache_dir).expanduser() / f"{cache_key(cfg, seed)}.npz"
+
+
+def _round_half_up(v: float) -> int:
+    return int(np.floor(v + 0.5))
+
+
+def split_client(idx: np.ndarray, test_fraction: float, val_fraction: float,
+                 rng: np.random.Generator, client: int) -> dict[str, np.ndarray]:
+    """Shuffle, test = round(test_fraction*n) (>= 1 when n >= 2), val carved from the rest."""
+    idx = rng.permutation(idx)
+    n = len(idx)
+    n_test = _round_half_up(test_fraction * n)
+    if n >= 2:
+        n_test = max(n_test, 1)
+    n_val = _round_half_up(val_fraction * (n - n_test))
+    out = {"test": idx[:n_test], "val": idx[n_test:n_test + n_val], "train": idx[n_test + n_val:]}
+    if len(out["train"]) < 1 or len(out["test"]) < 1:
+        raise DataError(f"client {client} has {n} samples: too few for a train and a test split "
+                        f"(data.test_fraction={test_fraction}, data.val_fraction={val_fraction}; "
+                        f"raise data.min_samples or lower data.num_clients)")
+    return {s: np.sort(v) for s, v in out.items()}
+
+
+def _check_request(cfg: DataConfig, spec) -> None:
+    """Failures knowable from the config alone, before loading or generating anything."""
+    if cfg.partition not in P.PARTITIONS:
+        raise DataError(f"unknown data.partition '{cfg.partition}' "
+                        f"(choose from {', '.join(P.PARTITIONS)})")
+    if cfg.partition == "natural" and not spec.natural:
+        raise DataError(f"data.partition=natural needs a dataset with its own clients "
+                        f"(synthetic); {cfg.dataset} has none")
+    if cfg.partition == "pathological" and cfg.classes_per_client > spec.num_classes:
+        raise DataError(f"data.classes_per_client={cfg.classes_per_client} exceeds the "
+                        f"{spec.num_classes} classes of dataset {cfg.dataset}")
+    if cfg.dataset == "synthetic" and cfg.num_clients * cfg.min_samples > cfg.num_samples:
+        raise DataError(f"data.num_clients*data.min_samples = {cfg.num_clients}*"
+                        f"{cfg.min_samples} exceeds data.num_samples={cfg.num_samples}")
+
+
+def _partition(cfg: DataConfig, raw: RawDataset, rng: np.random.Generator) -> list[np.ndarray]:
+    n, k = len(raw.y), cfg.num_clients
+    if k > n:
+        raise DataError(f"data.num_clients={k} exceeds the {n} samples of dataset {cfg.dataset}")
+    if cfg.partition in ("dirichlet", "quantity_skew") and k * cfg.min_samples > n:
+        raise DataError(f"data.num_clients*data.min_samples = {k}*{cfg.min_samples} exceeds the "
+                        f"{n} samples of dataset {cfg.dataset}")
+    if cfg.partition == "iid":
+        return P.iid(raw.y, k, rng)
+    if cfg.partition == "dirichlet":
+        return P.dirichlet(raw.y, k, rng, cfg.alpha, cfg.min_samples)
+    if cfg.partition == "pathological":
+        return P.pathological(raw.y, k, rng, cfg.classes_per_client)
+    if cfg.partition == "quantity_skew":
+        return P.quantity_skew(raw.y, k, rng, cfg.quantity_sigma, cfg.min_samples)
+    return P.natural(raw.natural_clients, k, cfg.dataset)
+
+
+def _assemble(raw: RawDataset, splits: list[dict[str, np.ndarray]], info: dict,
+              from_cache: bool) -> FederatedData:
+    def take(ix):
+        return torch.from_numpy(raw.x[ix]), torch.from_numpy(raw.y[ix])
+
+    clients = []
+    for s in splits:
+        (trx, try_), (vx, vy), (tex, tey) = (take(s[name]) for name in SPLITS)
+        clients.append(ClientData(trx, try_, vx, vy, tex, tey))
+    return FederatedData(clients, int(raw.num_classes), tuple(int(d) for d in raw.input_shape),
+                         info=info, from_cache=from_cache)
+
+
+def _save(path: Path, raw: RawDataset, splits, keep_x: bool) -> None:
+    arrays = {"y": raw.y, "num_classes": np.int64(raw.num_classes),
+              "input_shape": np.asarray(raw.input_shape, dtype=np.int64)}
+    if keep_x:
+        arrays["x"] = raw.x
+    for s in SPLITS:
+        parts = [c[s].astype(np.int64) for c in splits]
+        arrays[f"{s}_idx"] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        arrays[f"{s}_off"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path, cfg: DataConfig, seed: int, spec):
+    """(raw, splits) from the cache, or None when absent, unreadable or stale."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            y = z["y"]
+            x = z["x"] if "x" in z.files else None
+            meta = int(z["num_classes"]), tuple(int(d) for d in z["input_shape"])
+            splits = [{} for _ in range(len(z["train_off"]) - 1)]
+            for s in SPLITS:
+                idx, off = z[f"{s}_idx"], z[f"{s}_off"]
+                for i, c in enumerate(splits):
+                    c[s] = idx[off[i]:off[i + 1]]
+    except Exception as e:  # truncated or foreign file: rebuild it
+        log.warning("data cache %s unreadable (%s); rebuilding", path, e)
+        return None
+    if x is None:  # file dataset: re-read the files, check they are the ones indexed
+        raw = spec(cfg, seed)
+        if not np.array_equal(raw.y, y):
+            log.warning("data cache %s does not match the files in data.root; rebuilding", path)
+            return None
+    else:
+        raw = RawDataset(x, y, *meta)
+    return raw, splits
+
+
+def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+    """The federated dataset of ``cfg`` with seed ``cfg.seed`` (or ``seed`` when that is null)."""
+    spec = get_dataset(cfg.dataset)
+    _check_request(cfg, spec)
+    s = effective_seed(cfg, seed)
+    path = cache_path(cfg, seed)
+    info = {"dataset": cfg.dataset, "partition": cfg.partition, "seed": s,
+            "cache_key": path.stem}
+    cached = _load(path, cfg, s, spec)
+    if cached is not None:
+        log.info("data: loaded %s from cache %s", cfg.dataset, path)
+        return _assemble(*cached, info, from_cache=True)
+
+    raw = spec(cfg, s)
+    parts = _partition(cfg, raw, np.random.default_rng([s % 2**64, _PARTITION_STREAM]))
+    split_rng = np.random.default_rng([s % 2**64, _SPLIT_STREAM])
+    splits = [split_client(p, cfg.test_fraction, cfg.val_fraction, split_rng, i)
+              for i, p in enumerate(parts)]
+    _save(path, raw, splits, keep_x=spec.generated)
+    log.info("data: built %s/%s for %d clients, cached at %s", cfg.dataset, cfg.partition,
+             len(splits), path)
+    return _assemble(raw, splits, info, from_cache=False)

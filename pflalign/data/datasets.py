@@ -1,0 +1,122 @@
+"""Dataset registry: name -> loader(cfg, seed) -> RawDataset (train and test pooled).
+
+Pooling the source's train and test sets before partitioning is PFLlib's convention: every
+client's test split then follows that client's own distribution. Each entry also declares its
+class count and whether it has natural clients, so impossible requests fail before any loading.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import DataError
+from . import files, synthetic
+
+FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+
+
+@dataclass
+class RawDataset:
+    x: np.ndarray  # float32 [N, *input_shape]
+    y: np.ndarray  # int64 [N]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    natural_clients: Optional[list[np.ndarray]] = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    load: Callable[..., RawDataset]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    description: str
+    natural: bool = False   # has its own clients (partition=natural)
+    generated: bool = False  # procedural: the cache keeps x itself, files are re-read instead
+
+    def __call__(self, cfg, seed: int) -> RawDataset:
+        return self.load(cfg, seed)
+
+
+def _mnist1d(cfg, seed: int) -> RawDataset:
+    # Lazy: mnist1d imports matplotlib and requests. Never call its get_dataset (downloads).
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = int(cfg.num_samples)
+    args.seed = seed % 2**32
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:  # make_dataset reseeds numpy's and Python's global RNGs; leave them as we found them
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
+    y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
+    return RawDataset(x, y, 10, (40,))
+
+
+def _digits(cfg, seed: int) -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return RawDataset((d.data / 16.0).astype(np.float32), d.target.astype(np.int64), 10, (64,))
+
+
+def _synthetic(cfg, seed: int) -> RawDataset:
+    rng = np.random.default_rng([seed % 2**64, 0x5E])
+    x, y, clients = synthetic.generate(cfg.num_clients, cfg.num_samples, cfg.synthetic_alpha,
+                                       cfg.synthetic_beta, cfg.quantity_sigma, cfg.min_samples, rng)
+    return RawDataset(x, y, synthetic.NUM_CLASSES, (synthetic.DIM,), clients)
+
+
+def _root(cfg, name: str, default: Optional[str] = None) -> Path:
+    root = cfg.root if cfg.root is not None else default
+    if root is None:
+        raise DataError(f"dataset {name} reads files: set data.root to their directory")
+    path = Path(root).expanduser()
+    if not path.is_dir() and not cfg.download:
+        hint = "" if cfg.root is not None else \
+            " (apt-get install dataset-fashion-mnist, or set data.root)"
+        raise DataError(f"data.root={path} does not exist (dataset {name}){hint}")
+    return path
+
+
+def _idx_loader(name: str, default_root: Optional[str] = None):
+    def load(cfg, seed: int) -> RawDataset:
+        x, y = files.load_idx(name, _root(cfg, name, default_root), bool(cfg.download))
+        return RawDataset(x, y, 10, (1, 28, 28))
+    return load
+
+
+def _cifar_loader(name: str, num_classes: int):
+    def load(cfg, seed: int) -> RawDataset:
+        x, y = files.load_cifar(name, _root(cfg, name), bool(cfg.download))
+        return RawDataset(x, y, num_classes, (3, 32, 32))
+    return load
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist1d": DatasetSpec(_mnist1d, 10, (40,), "MNIST-1D, generated (data.num_samples)",
+                           generated=True),
+    "digits": DatasetSpec(_digits, 10, (64,), "scikit-learn 8x8 digits (1797 samples)"),
+    "synthetic": DatasetSpec(_synthetic, synthetic.NUM_CLASSES, (synthetic.DIM,),
+                             "FedProx Synthetic(alpha, beta), natural clients", natural=True,
+                             generated=True),
+    "fmnist": DatasetSpec(_idx_loader("fmnist", FMNIST_DEFAULT_ROOT), 10, (1, 28, 28),
+                          f"Fashion-MNIST idx files (data.root, default {FMNIST_DEFAULT_ROOT})"),
+    "mnist": DatasetSpec(_idx_loader("mnist"), 10, (1, 28, 28), "MNIST idx files (data.root)"),
+    "cifar10": DatasetSpec(_cifar_loader("cifar10", 10), 10, (3, 32, 32),
+                           "CIFAR-10 python batches (data.root)"),
+    "cifar100": DatasetSpec(_cifar_loader("cifar100", 100), 100, (3, 32, 32),
+                            "CIFAR-100 python batches (data.root)"),
+}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown data.dataset '{name}' (choose from {', '.join(DATASETS)})")
+    return DATASETS[name]

@@ -1,0 +1,25 @@
+"""Model registry. Every model is a :class:`SplitModel` with a ``body`` (feature extractor)
+and a ``head`` (classifier), which body/head methods (FedPer, FedRep, pFLAlign's
+``gate_scope=head``) address by parameter-name prefix."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from .nets import SplitModel, cnn, cnn1d, mlp, resnet18
+
+MODELS: dict[str, Callable[..., SplitModel]] = {
+    "mlp": mlp, "cnn1d": cnn1d, "cnn": cnn, "resnet18": resnet18,
+}
+
+
+def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
+    """``cfg`` is a ``ModelConfig``; the input shape and class count come from the data."""
+    if cfg.name not in MODELS:
+        raise ConfigError(f"unknown model.name '{cfg.name}' (choose from {', '.join(MODELS)})")
+    return MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
+
+
+__all__ = ["MODELS", "SplitModel", "build_model", "nn"]
