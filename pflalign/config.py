@@ -86,6 +86,7 @@ class Config:
     out_dir: str = option("runs", "parent directory of run directories")
     name: Optional[str] = option(None, "run directory name; null = <algorithm>-<dataset>-s<seed>-<time>")
     experiment: str = option("default", "experiment name (W&B group)")
+    label: Optional[str] = option(None, "name of this variant in comparison tables; null = algorithm")
     progress: bool = option(True, "progress bar (off anyway when stderr is not a terminal)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

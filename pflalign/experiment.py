@@ -94,7 +94,7 @@ def run_experiment(cfg: Config, callbacks: CallbackFactory = lambda cfg, run_dir
     finally:
         runtime.close()
     write_json(run_dir / "results.json", {
-        "algorithm": cfg.algorithm, "seed": cfg.seed, "experiment": cfg.experiment, **results,
+        "algorithm": cfg.algorithm, "label": cfg.label or cfg.algorithm, "seed": cfg.seed, "experiment": cfg.experiment, **results,
         "rounds": fed.round, "wall_time_s": round(time.perf_counter() - start, 3),
         "resumed_from_round": snapshot["round"] if snapshot else None,
         "versions": versions(), "command": " ".join(sys.argv), "config": to_dict(cfg)})

@@ -34,7 +34,10 @@ def summarize(evals: list[dict]) -> dict:
 
 
 def stability(accs: list[float], window: int) -> dict:
-    """Std of the accuracy over the last ``window`` evaluations and their mean absolute change."""
+    """Std of the accuracy over the last ``window`` evaluations and their mean absolute change.
+
+    Fed with the unweighted mean personalized accuracy, as ALGORITHM.md defines stability.
+    """
     tail = np.asarray(accs[-window:], dtype=np.float64)
     if len(tail) < 2:
         return {}
@@ -52,7 +55,7 @@ def final_results(history: list[dict], window: int, last: int = 10) -> dict:
     out = {"final": final, "best": {"round": best["round"], "acc": best["acc"]},
            f"acc_last{last}": float(np.mean([h["acc"] for h in tail])),
            f"acc_mean_last{last}": float(np.mean([h["acc_mean"] for h in tail])),
-           **stability([h["acc"] for h in evaluated], window)}
+           **stability([h["acc_mean"] for h in evaluated], window)}
     if "global_acc" in best:
         out[f"global_acc_last{last}"] = float(np.mean([h["global_acc"] for h in tail]))
     if "val_acc" in best:
