@@ -40,8 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     runs_dir = Path(args.out).parent / "runs" / Path(args.out).name
     chosen = {k: v for k, v in VARIANTS.items() if not args.only or any(s in k for s in args.only.split(","))}
-    cfgs = [load_config(None, [*ov, f"seed={s}", f"label={label}", "experiment=reference", "progress=false",
-                               "wandb.mode=disabled", f"out_dir={runs_dir}", "checkpoint_every=0", *args.overrides])
+    cfgs = [load_config(None, [*ov, f"seed={s}", "experiment=reference", "progress=false", "wandb.mode=disabled",
+                               f"out_dir={runs_dir}", "checkpoint_every=0", *args.overrides], {"label": label})
             for label, ov in chosen.items() for s in args.seeds.split(",")]
     shutil.rmtree(runs_dir, ignore_errors=True)  # this benchmark's own runs: always fresh
     dirs = run_many(cfgs, args.jobs, files_only)

@@ -48,13 +48,20 @@ class Federation:
         clients = self.sample(rnd)
         payload = self.algorithm.payload(self.global_params, self.server_state)
         results = self.runtime.train(rnd, payload, [(c, self.client_states[c]) for c in clients])
-        uploads = []
-        for upload, state in results:
-            self.client_states[upload.client_id] = state
-            uploads.append(upload)
-        stats = self.algorithm.round_stats([u.data.get("stats", {}) for u in uploads])
+        client_stats: list[dict] = []
+
+        def uploads():  # in client order, as the runtime delivers them: aggregation streams
+            for upload, state in results:
+                self.client_states[upload.client_id] = state
+                client_stats.append(upload.data.pop("stats", {}))
+                yield upload
+
+        stream = uploads()
         self.global_params, self.server_state = self.algorithm.aggregate(
-            uploads, self.global_params, self.server_state)
+            stream, self.global_params, self.server_state)
+        for _ in stream:  # an algorithm that ignores uploads (local) must still train everyone
+            pass
+        stats = self.algorithm.round_stats(client_stats)
         record = {"round": rnd + 1, "clients": len(clients), **stats}
         if self._is_eval_round(rnd):
             payload = self.algorithm.payload(self.global_params, self.server_state)

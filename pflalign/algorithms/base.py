@@ -7,7 +7,7 @@ payload, persistent client state, seed): all randomness comes from the turn's se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,11 +70,20 @@ def unflatten(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
-def weighted_mean(dicts: list[Params], weights: torch.Tensor) -> Params:
-    """Sum_i w_i * dicts[i] / sum w, as one matrix-vector product over flattened tensors."""
-    stacked = torch.stack([flatten(d) for d in dicts])
-    w = (weights / weights.sum()).to(stacked.dtype)
-    return unflatten(w @ stacked, dicts[0])
+def weighted_mean(items: Iterable[tuple[Params, float]]) -> Params:
+    """sum_i w_i x_i / sum_i w_i over (x_i, w_i) pairs, folded one at a time in float64.
+
+    One fused add per client over the flattened parameters; consuming an iterator lets the
+    Ray runtime reduce uploads as they arrive instead of buffering them all.
+    """
+    acc, total, like = None, 0.0, None
+    for params, w in items:
+        flat = flatten(params).to(torch.float64)
+        acc = flat * w if acc is None else acc.add_(flat, alpha=w)
+        total, like = total + w, params
+    if acc is None:
+        raise ValueError("weighted_mean of no items")
+    return unflatten((acc / total).to(next(iter(like.values())).dtype), like)
 
 
 class Algorithm:
@@ -95,20 +104,19 @@ class Algorithm:
         """What every sampled client receives this round (broadcast once)."""
         return {"global": global_params}
 
-    def aggregate(self, uploads: list[Upload], global_params: Params,
+    def aggregate(self, uploads: Iterable[Upload], global_params: Params,
                   server_state: dict) -> tuple[Params, dict]:
-        """w <- w + sum_i p_i u_i, p renormalized over the participating clients."""
-        mean = weighted_mean([u.data["update"] for u in uploads], self.upload_weights(uploads))
+        """w <- w + sum_i p_i u_i, p renormalized over the participating clients.
+
+        ``uploads`` arrive in client-id order; iterate once (``list()`` them if you need more).
+        """
+        mean = weighted_mean((u.data["update"], u.weight) for u in uploads)
         return {k: global_params[k] + mean[k] for k in global_params}, server_state
 
     def round_stats(self, stats: list[dict]) -> dict:
         """Reduce the clients' upload statistics to round metrics (default: mean per key)."""
         keys = sorted({k for s in stats for k in s})
         return {k: sum(s[k] for s in stats if k in s) / sum(k in s for s in stats) for k in keys}
-
-    @staticmethod
-    def upload_weights(uploads: list[Upload]) -> torch.Tensor:
-        return torch.tensor([u.weight for u in uploads], dtype=torch.float64)
 
     # ---- client side -------------------------------------------------------------------
     def local_phases(self, turn: Turn) -> list[Phase]:

@@ -9,6 +9,7 @@ direction, minus a KL shrinkage (both from a PAC-Bayes bound).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -162,7 +163,7 @@ class PFLAlign(Algorithm):
             out["align/gamma_std"] = float(gammas.std(unbiased=False))
         return out
 
-    def aggregate(self, uploads: list[Upload], global_params: Params, server_state: dict):
+    def aggregate(self, uploads: Iterable[Upload], global_params: Params, server_state: dict):
         if self.hp.send == "model":
-            return weighted_mean([u.data["model"] for u in uploads], self.upload_weights(uploads)), server_state
+            return weighted_mean((u.data["model"], u.weight) for u in uploads), server_state
         return super().aggregate(uploads, global_params, server_state)

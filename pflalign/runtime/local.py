@@ -9,10 +9,16 @@ class LocalRuntime:
         self.worker = ClientWorker(cfg, data)
 
     def train(self, rnd: int, payload: dict, jobs: list[tuple[int, dict]]):
-        return [self.worker.train(cid, rnd, payload, state) for cid, state in jobs]
+        return (self.worker.train(cid, rnd, payload, state) for cid, state in jobs)
 
     def evaluate(self, rnd: int, payload: dict, jobs: list[tuple[int, dict]]):
         return [self.worker.evaluate(cid, rnd, payload, state) for cid, state in jobs]
+
+    def fetch_states(self, states: list) -> list[dict]:
+        return states
+
+    def put_states(self, states: list[dict]) -> list:
+        return states
 
     def close(self) -> None:
         pass
