@@ -42,7 +42,7 @@ def cmd_run(args) -> int:
     from callbacks import default_callbacks
 
     from .config import load_config
-    from .experiment import load_run_config, run_experiment
+    from .experiment import launch, load_run_config
 
     if args.resume:
         if args.config:
@@ -50,7 +50,7 @@ def cmd_run(args) -> int:
         cfg = load_run_config(Path(args.resume), args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
-    run_dir = run_experiment(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
+    run_dir = launch(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
     print(run_dir)
     return 0
 

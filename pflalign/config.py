@@ -74,6 +74,18 @@ class WandbConfig:
 
 
 @dataclass
+class RayConfig:
+    address: Optional[str] = option(None, "cluster to join; null = $RAY_ADDRESS, else start a local instance")
+    num_workers: int = option(0, "client worker actors; 0 = as many as the resources allow", lo=0)
+    num_cpus: float = option(1.0, "CPUs per worker (fractions allowed)", lo=0)
+    num_gpus: float = option(0.0, "GPUs per worker (fractions allowed, e.g. 0.25)", lo=0)
+    local_cpus: Optional[int] = option(None, "CPUs of a locally started instance; null = all", lo=1)
+    temp_dir: Optional[str] = option(None, "temp dir of a locally started instance; null = /tmp/pflalign-ray")
+    dashboard: bool = option(False, "start the dashboard with a local instance")
+    fault_round: Optional[int] = option(None, "testing: kill one worker mid-turn in this round (once)", lo=0)
+
+
+@dataclass
 class Config:
     algorithm: str = option("pflalign", "algorithm name (`pflalign list algorithms`)")
     seed: int = option(0, "seed of everything: model init, partition, sampling, batches")
@@ -92,6 +104,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     algo: Dict[str, Any] = field(default_factory=dict, metadata={"help": "hyperparameters of the algorithm"})
 
 

@@ -99,3 +99,13 @@ def run_experiment(cfg: Config, callbacks: CallbackFactory = lambda cfg, run_dir
         "resumed_from_round": snapshot["round"] if snapshot else None,
         "versions": versions(), "command": " ".join(sys.argv), "config": to_dict(cfg)})
     return run_dir
+
+
+def launch(cfg: Config, callbacks: CallbackFactory, resume: Path | None = None) -> Path:
+    """Run where ``cfg.runtime`` says: in this process, or in a driver actor on Ray."""
+    if cfg.runtime == "ray":
+        prepare(cfg)  # bad input fails here, before Ray starts
+        from .runtime.ray import run_on_ray
+
+        return run_on_ray(cfg, callbacks, resume)
+    return run_experiment(cfg, callbacks, resume)

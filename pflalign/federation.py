@@ -87,8 +87,9 @@ class Federation:
     def state_dict(self) -> dict:
         """A consistent snapshot: everything the next round depends on."""
         return {"round": self.round, "global": self.global_params, "server": self.server_state,
-                "clients": self.client_states, "history": self.history}
+                "clients": self.runtime.fetch_states(self.client_states), "history": self.history}
 
     def load_state_dict(self, snap: dict) -> None:
         self.round, self.global_params = snap["round"], snap["global"]
-        self.server_state, self.client_states, self.history = snap["server"], snap["clients"], snap["history"]
+        self.server_state, self.history = snap["server"], snap["history"]
+        self.client_states = self.runtime.put_states(snap["clients"])

@@ -1,0 +1,37 @@
+"""The Ray runtime gives the local runtime's numbers exactly, survives worker deaths, resumes."""
+import pytest
+
+from conftest import run_cli
+from pflalign.cli import main
+
+
+@pytest.fixture
+def ray_tiny(tiny, ray_cluster):
+    return tiny + ["client_fraction=0.5", "ray.num_workers=2"]
+
+
+def jsonl(run_dir):
+    return (run_dir / "metrics.jsonl").read_text()
+
+
+def test_ray_equals_local_even_when_a_worker_dies(ray_tiny):
+    local = run_cli(ray_tiny + ["name=local"])
+    on_ray = run_cli(ray_tiny + ["name=ray", "runtime=ray"])
+    faulty = run_cli(ray_tiny + ["name=faulty", "runtime=ray", "ray.fault_round=1"])
+    assert "acc" in jsonl(local)
+    assert jsonl(on_ray) == jsonl(local)
+    assert jsonl(faulty) == jsonl(local)
+
+
+def test_resume_on_ray_matches_uninterrupted(ray_tiny):
+    full = run_cli(ray_tiny + ["name=full", "rounds=4"])
+    part = run_cli(ray_tiny + ["name=part", "runtime=ray", "rounds=2", "checkpoint_every=1"])
+    assert main(["run", "--resume", str(part), "rounds=4"]) == 0
+    assert jsonl(part) == jsonl(full)
+
+
+def test_asking_for_more_than_the_cluster_has_is_bad_input(ray_tiny, capsys):
+    assert main(["run", *ray_tiny, "runtime=ray", "ray.num_workers=3"]) == 2
+    assert "ray.num_workers=3" in capsys.readouterr().err
+    assert main(["run", *ray_tiny, "runtime=ray", "ray.num_workers=0", "ray.num_gpus=0.5"]) == 2
+    assert "GPUs" in capsys.readouterr().err
