@@ -63,6 +63,9 @@ class ClientModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         self.algorithm.transform_gradients(self, self.turn)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.algorithm.after_step(self, self.turn)
+
     def configure_optimizers(self):
         phase = self.turn.phase
         params = [p for k, p in self.model.named_parameters() if phase.params == "all" or k.startswith(phase.params + ".")]
@@ -119,14 +122,16 @@ class ClientWorker:
         torch.manual_seed(turn_seed(self.cfg.seed, client_id, rnd, purpose))
         client = self.data.clients[client_id]
         turn = Turn(client_id, rnd, payload, state, num_train=len(client.train_y), data=client)
+        fits = iter(range(1_000_000))
+        turn.fit = lambda phase: self._fit(turn, phase, turn_seed(self.cfg.seed, client_id, rnd, purpose, 1, next(fits)))
         self.module.turn = turn
         return turn
 
     def train(self, client_id: int, rnd: int, payload: dict, state: dict) -> tuple[Upload, dict]:
         turn = self._turn(client_id, rnd, payload, state, purpose=0)
         self.algorithm.client_begin(self.module, turn)
-        for i, phase in enumerate(self.algorithm.local_phases(turn)):
-            self._fit(turn, phase, seed=turn_seed(self.cfg.seed, client_id, rnd, 1, i))
+        for phase in self.algorithm.local_phases(turn):
+            turn.fit(phase)
         data = self.algorithm.client_end(self.module, turn)
         stats, steps = data.pop("stats", {}), turn.scratch.get("loss_steps", 0)
         if steps:
@@ -136,12 +141,13 @@ class ClientWorker:
     def _fit(self, turn: Turn, phase: Phase, seed: int) -> None:
         turn.phase = phase
         epochs = phase.epochs if phase.epochs is not None else self.cfg.train.local_epochs
-        if epochs == 0:
-            return
-        client = turn.data
-        self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
-        self.trainer.fit(self.module, train_dataloaders=batches(client.train_x, client.train_y,
-                                                                self.cfg.train.batch_size, seed))
+        self.algorithm.begin_phase(self.module, turn)
+        if epochs > 0:
+            client = turn.data
+            self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
+            self.trainer.fit(self.module, train_dataloaders=batches(client.train_x, client.train_y,
+                                                                    self.cfg.train.batch_size, seed))
+        self.algorithm.end_phase(self.module, turn)
 
     def evaluate(self, client_id: int, rnd: int, payload: dict, state: dict) -> dict[str, Any]:
         """Personalized (and global) accuracy/loss on the client's test and validation splits."""

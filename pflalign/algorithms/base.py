@@ -40,6 +40,7 @@ class Turn:
     data: Any = None  # the client's ClientData (train/val/test tensors), for extra passes
     scratch: dict[str, Any] = field(default_factory=dict)  # this turn only
     phase: Phase = field(default_factory=Phase)
+    fit: Any = None  # fit(phase): run one Lightning phase on the client's train split (set by the worker)
 
 
 @dataclass
@@ -127,12 +128,21 @@ class Algorithm:
         module.load_params(turn.payload["global"])
         turn.scratch["start"] = module.params()
 
+    def begin_phase(self, module, turn: Turn) -> None:
+        """Before each phase of ``local_phases`` (``turn.phase`` is set): swap models, freeze, ..."""
+
+    def end_phase(self, module, turn: Turn) -> None:
+        """After each phase: keep what it trained before the next phase overwrites it."""
+
     def loss(self, module, batch, turn: Turn) -> torch.Tensor:
         x, y = batch
         return F.cross_entropy(module(x), y)
 
     def transform_gradients(self, module, turn: Turn) -> None:
         """After backward, before the optimizer step (``param.grad`` may be rewritten)."""
+
+    def after_step(self, module, turn: Turn) -> None:
+        """After each optimizer step (e.g. pFedMe's outer update, SCAFFOLD's step count)."""
 
     def client_end(self, module, turn: Turn) -> dict:
         """What the client sends; it may also update ``turn.state``."""
