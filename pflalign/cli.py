@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML experiment file (e.g. configs/default.yaml)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.alpha=0.5")
+    cmp = sub.add_parser("compare", help="run algorithms x seeds on identical partitions and tabulate",
+                         description="Every algorithm runs on the same data partition and client-sampling "
+                         "stream for a given seed; prints a mean +- std table and writes it as .md/.csv.")
+    cmp.add_argument("--algorithms", required=True, help="comma-separated, e.g. pflalign,fedavg_ft,local")
+    cmp.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    cmp.add_argument("--config", help="YAML experiment file shared by all runs")
+    cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (local runtime)")
+    cmp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     lst = sub.add_parser("list", help="list algorithms, datasets, models, partitions or config keys")
     lst.add_argument("what", nargs="?", choices=LISTS, default="algorithms")
     return parser
@@ -52,6 +60,31 @@ def cmd_run(args) -> int:
         cfg = load_config(args.config, args.overrides)
     run_dir = launch(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
     print(run_dir)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from datetime import datetime
+
+    from callbacks import default_callbacks
+
+    from .compare import load_results, run_many, summary_table, write_table
+    from .config import load_config
+
+    algorithms = [a for a in args.algorithms.split(",") if a]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
+    base = load_config(args.config, args.overrides)  # validates shared keys once
+    out = Path(base.out_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    # Validate every run's config before any starts (algo.* keys must fit each algorithm).
+    cfgs = [load_config(args.config, [*args.overrides, f"algorithm={a}", f"seed={s}", f"out_dir={out}"])
+            for a in algorithms for s in seeds]
+    jobs = 1 if base.runtime == "ray" else args.jobs
+    run_dirs = run_many(cfgs, jobs, default_callbacks)
+    print(write_table(summary_table(load_results(run_dirs)), out / "compare"))
+    print(out)
     return 0
 
 
@@ -79,7 +112,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+        return {"run": cmd_run, "compare": cmd_compare, "list": cmd_list}[args.command](args)
     except InputError as e:
         print(f"pflalign: error: {e}", file=sys.stderr)
         return 2

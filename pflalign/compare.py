@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .experiment import run_experiment
+from .experiment import launch
 
 # results.json field -> table column (accuracies in percent)
 COLUMNS = {
@@ -29,7 +29,7 @@ COLUMNS = {
 
 def _run(args) -> str:
     cfg, callbacks = args
-    return str(run_experiment(cfg, callbacks))
+    return str(launch(cfg, callbacks))
 
 
 def run_many(cfgs: list, jobs: int, callbacks: Callable) -> list[Path]:

@@ -89,3 +89,17 @@ def test_list_and_help(capsys):
     assert "pflalign" in out and "algo.kappa" in out and "fedavg_ft" in out
     proc = subprocess.run([sys.executable, "-m", "pflalign.cli", "run", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "data.alpha" in proc.stdout and "--resume" in proc.stdout
+
+
+def test_compare_runs_algorithms_on_identical_partitions(tiny, tmp_path, capsys):
+    assert main(["compare", "--algorithms", "local,fedavg", "--seeds", "0,1", *tiny, "rounds=2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    compare_dir = Path(out[-1])
+    table = (compare_dir / "compare.md").read_text()
+    assert "| local" in table and "| fedavg" in table and (compare_dir / "compare.csv").exists()
+    parts = {}
+    for run in compare_dir.iterdir():
+        if run.is_dir():
+            r = json.loads((run / "results.json").read_text())
+            parts.setdefault(r["seed"], set()).add((run / "partition.json").read_text())
+    assert sorted(parts) == [0, 1] and all(len(p) == 1 for p in parts.values())  # same split per seed
