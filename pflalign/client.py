@@ -51,23 +51,25 @@ class ClientModule(pl.LightningModule):
         for k, p in self.model.named_parameters():
             p.copy_(params[k])
 
-    def training_step(self, batch, batch_idx):
-        # Manual optimization: the hooks run at fixed points with none of the automatic
-        # closure machinery (a third of Lightning's per-step cost on small models).
-        opt = self.optimizers()
-        opt.zero_grad()
-        loss = self.algorithm.loss(self, batch, self.turn)
-        if not torch.isfinite(loss):
-            t = self.turn
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at round {t.round + 1}, client {t.client_id}, "
-                                     f"phase {t.phase.name}: lower train.lr or check the data")
-        self.manual_backward(loss)
-        self.algorithm.transform_gradients(self, self.turn)
-        opt.step()
-        self.algorithm.after_step(self, self.turn)
-        scratch = self.turn.scratch
-        scratch["loss_sum"] = scratch.get("loss_sum", 0.0) + loss.detach()
-        scratch["loss_steps"] = scratch.get("loss_steps", 0) + 1
+    def training_step(self, minibatches, batch_idx):
+        # One Lightning step = one local epoch (see EpochBatches), manual optimization inside:
+        # Lightning's fixed per-step bookkeeping is paid once per epoch, not once per minibatch,
+        # and the hooks run at explicit points.
+        opt, turn = self.optimizers(), self.turn
+        epoch_loss = 0.0
+        for batch in minibatches:
+            opt.zero_grad()
+            loss = self.algorithm.loss(self, batch, turn)
+            self.manual_backward(loss)
+            self.algorithm.transform_gradients(self, turn)
+            opt.step()
+            self.algorithm.after_step(self, turn)
+            epoch_loss = epoch_loss + loss.detach()
+        if not torch.isfinite(torch.as_tensor(epoch_loss)):  # NaN/inf anywhere in the epoch shows in the sum
+            raise NonFiniteLossError(f"non-finite loss at round {turn.round + 1}, client {turn.client_id}, "
+                                     f"phase {turn.phase.name}: lower train.lr or check the data")
+        turn.scratch["loss_sum"] = turn.scratch.get("loss_sum", 0.0) + epoch_loss
+        turn.scratch["loss_steps"] = turn.scratch.get("loss_steps", 0) + len(minibatches)
 
     def configure_optimizers(self):
         phase = self.turn.phase
@@ -105,6 +107,20 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> tor
     return torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler)
 
 
+class EpochBatches:
+    """A train "dataloader" whose every epoch is a single item: the list of that epoch's
+    shuffled minibatches (the client's tensors are already in memory)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
+        self.loader = batches(x, y, batch_size, seed)
+
+    def __iter__(self):
+        yield list(self.loader)
+
+    def __len__(self) -> int:
+        return 1
+
+
 class ClientWorker:
     """Runs client turns: train (returns the upload and the new client state) and evaluate."""
 
@@ -122,7 +138,10 @@ class ClientWorker:
             num_sanity_val_steps=0, deterministic=False)
 
     def _turn(self, client_id: int, rnd: int, payload: dict, state: dict, purpose: int) -> Turn:
-        torch.manual_seed(turn_seed(self.cfg.seed, client_id, rnd, purpose))
+        seed = turn_seed(self.cfg.seed, client_id, rnd, purpose)
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed also pokes every lazy device: ms each
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.manual_seed(seed)
         client = self.data.clients[client_id]
         turn = Turn(client_id, rnd, payload, state, num_train=len(client.train_y), data=client)
         fits = iter(range(1_000_000))
@@ -148,8 +167,8 @@ class ClientWorker:
         if epochs > 0:
             client = turn.data
             self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
-            self.trainer.fit(self.module, train_dataloaders=batches(client.train_x, client.train_y,
-                                                                    self.cfg.train.batch_size, seed))
+            self.trainer.fit(self.module, train_dataloaders=EpochBatches(client.train_x, client.train_y,
+                                                                         self.cfg.train.batch_size, seed))
         self.algorithm.end_phase(self.module, turn)
 
     def evaluate(self, client_id: int, rnd: int, payload: dict, state: dict) -> dict[str, Any]:

@@ -103,3 +103,13 @@ def test_compare_runs_algorithms_on_identical_partitions(tiny, tmp_path, capsys)
             r = json.loads((run / "results.json").read_text())
             parts.setdefault(r["seed"], set()).add((run / "partition.json").read_text())
     assert sorted(parts) == [0, 1] and all(len(p) == 1 for p in parts.values())  # same split per seed
+
+
+def test_non_finite_loss_stops_with_exit_1_and_keeps_last_checkpoint(tiny, tmp_path, capsys):
+    # lr 1e8 on this tiny setting overflows float32 in round 3, after two good rounds
+    code = main(["run", *tiny, "rounds=8", "train.lr=1e8", "checkpoint_every=1", "name=nan"])
+    err = capsys.readouterr().err
+    assert code == 1 and "non-finite loss at round 3" in err and len(err.strip().splitlines()) == 1
+    import torch
+    snap = torch.load(tmp_path / "runs" / "nan" / "checkpoint.pt", weights_only=False)
+    assert snap["round"] == 2 == len(read_jsonl(tmp_path / "runs" / "nan" / "metrics.jsonl"))
