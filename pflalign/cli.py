@@ -41,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--config", help="YAML experiment file shared by all runs")
     cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (local runtime)")
     cmp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
+    tun = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA), selected on validation",
+                         description="Run the sweep of a sweep file (configs/sweeps/*.yaml); writes best.yaml and "
+                         "trials.csv/.md into the sweep directory and prints it as its last line.")
+    tun.add_argument("--sweep", metavar="FILE", help="sweep file, e.g. configs/sweeps/pflalign.yaml")
+    tun.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (errored trials too)")
+    tun.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="base config overrides (rounds=30); sweep.KEY=VALUE sets sweep keys (sweep.num_samples=8)")
+    rep = sub.add_parser("report", help="tables (mean +- std over seeds) and plots from run/compare/sweep dirs")
+    rep.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or directories containing runs")
+    rep.add_argument("--out", help="output directory (default: DIR when one is given, else ./report)")
     lst = sub.add_parser("list", help="list algorithms, datasets, models, partitions or config keys")
     lst.add_argument("what", nargs="?", choices=LISTS, default="algorithms")
     return parser
@@ -88,6 +98,37 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from tune import load_sweep
+
+    if args.resume:
+        if args.sweep or args.overrides:
+            raise InputError("--resume continues the sweep saved in SWEEP_DIR/sweep.yaml; drop --sweep and overrides")
+    elif not args.sweep:
+        raise InputError("give --sweep FILE (or --resume SWEEP_DIR)")
+    else:
+        sweep = load_sweep(args.sweep, args.overrides)  # bad input fails here, before Ray starts
+    from tune.runner import resume_sweep, run_sweep
+
+    out = resume_sweep(Path(args.resume)) if args.resume else run_sweep(sweep)
+    print(out.table.to_markdown(index=False, floatfmt=".4g"))
+    if out.best is not None:
+        print(f"best: trial {out.best['trial']} -> {out.sweep_dir / 'best.yaml'}")
+    if out.incomplete:
+        print(f"pflalign: {out.incomplete} trial(s) failed or were interrupted; continue with: "
+              f"pflalign tune --resume {out.sweep_dir}", file=sys.stderr)
+    print(out.sweep_dir)
+    return 1 if out.incomplete else 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report([Path(d) for d in args.dirs], Path(args.out) if args.out else None)
+    print(out)
+    return 0
+
+
 def cmd_list(args) -> int:
     import dataclasses
 
@@ -112,7 +153,8 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "compare": cmd_compare, "list": cmd_list}[args.command](args)
+        return {"run": cmd_run, "compare": cmd_compare, "list": cmd_list, "tune": cmd_tune,
+                "report": cmd_report}[args.command](args)
     except InputError as e:
         print(f"pflalign: error: {e}", file=sys.stderr)
         return 2

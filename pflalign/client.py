@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.plugins.environments import LightningEnvironment
 import numpy as np
 import torch
 from torchmetrics import MeanMetric
@@ -135,7 +136,9 @@ class ClientWorker:
         self.trainer = pl.Trainer(
             accelerator=cfg.train.accelerator, devices=1, max_epochs=0, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, deterministic=False)
+            num_sanity_val_steps=0, deterministic=False,
+            # Not a SLURM/torchrun task even inside one: no requeue signal handlers in workers.
+            plugins=[LightningEnvironment()])
 
     def _turn(self, client_id: int, rnd: int, payload: dict, state: dict, purpose: int) -> Turn:
         seed = turn_seed(self.cfg.seed, client_id, rnd, purpose)

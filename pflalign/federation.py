@@ -27,7 +27,7 @@ class Federation:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.input_shape, data.num_classes)
         self.global_params = {k: p.detach().clone() for k, p in model.named_parameters()}
-        self.server_state = self.algorithm.init_server_state(self.global_params)
+        self.server_state = self.algorithm.init_server_state(self.global_params, data.train_sizes().tolist())
         self.client_states: list[Any] = [{} for _ in data.clients]
         self.history: list[dict] = []
         self.round = 0  # rounds completed

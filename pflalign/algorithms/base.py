@@ -98,7 +98,8 @@ class Algorithm:
         self.hp = hp if hp is not None else self.Hparams()
 
     # ---- server side -------------------------------------------------------------------
-    def init_server_state(self, global_params: Params) -> dict:
+    def init_server_state(self, global_params: Params, client_weights: list[float]) -> dict:
+        """Server state before round 1; ``client_weights`` are all N clients' train sizes."""
         return {}
 
     def payload(self, global_params: Params, server_state: dict) -> dict:

@@ -1,0 +1,117 @@
+"""FedALA (Zhang, Hua, Wang, Song, Xue, Ma, Guan, "FedALA: Adaptive Local Aggregation for
+Personalized Federated Learning", AAAI 2023).
+
+At the start of a turn the client does not overwrite its model with the global one: for the
+top ``layer_idx`` parameter tensors it learns element-wise weights W in [0, 1] (kept across
+rounds) and starts from theta = local + (global - local) * W; the lower tensors take the
+global values. W is learned by SGD with step ``eta`` on the loss of a random contiguous
+``rand_percent``% slice of the local train data: until the recorded losses settle the first
+time (std of the last ``num_pre_loss`` epoch losses < ``threshold``), one epoch afterwards.
+Then ordinary local training; the server averages the trained local models.
+
+As in PFLlib (``utils/ALA.py``; its ``layer_idx`` counts parameter tensors, the default 2 is
+our ``head.weight``/``head.bias``), ALA is skipped while a client has no local model yet, and
+the model evaluated is the ALA-initialized one, ALA(local, current global), computed on a copy
+of W so that evaluation leaves the client's state untouched (``eval_model=local`` evaluates
+the local model after its last training instead). ``max_init_epochs`` caps the first-round
+loop, which the reference runs unbounded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from ..config import option
+from .base import Algorithm, Params, Turn, Upload, weighted_mean
+
+
+@dataclass
+class FedALAHparams:
+    eta: float = option(1.0, "step size of the weight learning", lo=0, lo_open=True, sweep="loguniform(0.1, 10)")
+    rand_percent: int = option(80, "percent of the local train data the weights are learned on", lo=1, hi=100,
+                               sweep="randint(5, 100)")
+    layer_idx: int = option(2, "number of top parameter tensors with learned weights (0: all)", lo=0)
+    threshold: float = option(0.1, "first-round convergence: std of the recent losses below this", lo=0,
+                              lo_open=True)
+    num_pre_loss: int = option(10, "how many recent epoch losses the convergence test looks at", lo=1)
+    max_init_epochs: int = option(200, "cap on the first-round weight-learning epochs", lo=1)
+    eval_model: str = option("ala", "model evaluated: ALA(local, global) as PFLlib, or the trained local model",
+                             choices=["ala", "local"])
+
+
+class FedALA(Algorithm):
+    name = "fedala"
+    Hparams = FedALAHparams
+    evaluates_global = True
+
+    def _top(self, names: list[str]) -> list[str]:
+        return names[-self.hp.layer_idx:] if self.hp.layer_idx else names
+
+    def ala(self, module, turn: Turn, W: Params | None, start_phase: bool) -> tuple[Params, Params, list[float]]:
+        """(start model, learned W, per-epoch losses) from the client's local and the global model.
+
+        Never writes ``turn.state`` and never updates ``W`` in place.
+        """
+        hp, g, local = self.hp, turn.payload["global"], turn.state["theta"]
+        top = self._top(list(g))
+        start = {k: g[k] for k in g}
+        diff = {k: g[k] - local[k] for k in top}
+        W = {k: torch.ones_like(g[k]) for k in top} if W is None else {k: W[k].clone() for k in top}
+        blend = lambda: {k: local[k] + diff[k] * W[k] for k in top}  # noqa: E731
+
+        x, y = turn.data.train_x, turn.data.train_y
+        n = len(y)
+        num = int(hp.rand_percent / 100 * n)
+        losses: list[float] = []
+        if num > 0:
+            first = int(torch.randint(0, n - num + 1, ()).item())
+            x, y = x[first:first + num], y[first:first + num]
+            bs = module.batch_size
+            bounds = [(i, i + bs) for i in range(0, num - bs + 1, bs)] or [(0, num)]  # drop_last
+            module.load_params({**start, **blend()})
+            named = dict(module.model.named_parameters())
+            params = [named[k] for k in top]
+            with torch.enable_grad():
+                for _ in range(hp.max_init_epochs if start_phase else 1):
+                    for a, b in bounds:
+                        loss = F.cross_entropy(module.model(x[a:b]), y[a:b])
+                        grads = torch.autograd.grad(loss, params)
+                        with torch.no_grad():
+                            for k, p, gr in zip(top, params, grads):
+                                W[k] = (W[k] - hp.eta * gr * diff[k]).clamp(0, 1)
+                                p.copy_(local[k] + diff[k] * W[k])
+                    losses.append(float(loss.detach()))
+                    recent = torch.tensor(losses[-hp.num_pre_loss:], dtype=torch.float64)
+                    if len(losses) > hp.num_pre_loss and float(recent.std(unbiased=False)) < hp.threshold:
+                        break
+        start.update(blend())
+        return start, W, losses
+
+    # ---- client side -------------------------------------------------------------------
+    def client_begin(self, module, turn: Turn) -> None:
+        start, stats = turn.payload["global"], {}
+        if "theta" in turn.state:
+            start, W, losses = self.ala(module, turn, turn.state.get("W"), not turn.state.get("ala_started", False))
+            turn.state.update(W=W, ala_started=True)
+            stats = {"ala/epochs": float(len(losses)),
+                     "ala/w_mean": float(torch.cat([w.reshape(-1) for w in W.values()]).mean())}
+        module.load_params(start)
+        turn.scratch.update(start={k: v.clone() for k, v in start.items()}, stats=stats)
+
+    def client_end(self, module, turn: Turn) -> dict:
+        turn.state["theta"] = module.params()
+        return {"model": turn.state["theta"], "stats": turn.scratch["stats"]}
+
+    def personalized_params(self, module, turn: Turn) -> Params:
+        if "theta" not in turn.state:
+            return turn.payload["global"]
+        if self.hp.eval_model == "local":
+            return turn.state["theta"]
+        return self.ala(module, turn, turn.state.get("W"), not turn.state.get("ala_started", False))[0]
+
+    # ---- server side -------------------------------------------------------------------
+    def aggregate(self, uploads: Iterable[Upload], global_params: Params, server_state: dict):
+        return weighted_mean((u.data["model"], u.weight) for u in uploads), server_state

@@ -1,0 +1,203 @@
+"""Sweep files (``configs/sweeps/*.yaml``) -> a validated :class:`Sweep`, with no Ray involved.
+
+Everything that can be wrong with a sweep (unknown key, a range outside a key's valid range,
+a metric that reads the test split, no validation split) fails here, before Ray starts.
+Validation resolves one experiment config per search-space key and bound through
+``load_config``, so the schema of ``pflalign/config.py`` is the only schema.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from pflalign.config import Config, load_config, parse_overrides, read_yaml, to_dict
+from pflalign.errors import ConfigError
+
+# What a sweep may select on: validation metrics only (val_acc_last10: mean of the last 10
+# evaluations, computed by callbacks.tune.TuneReporter). Test metrics are for reporting.
+VAL_METRICS = ("val_acc", "val_acc_last10", "val_loss", "global_val_acc")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
+SCHEDULERS = {"asha": {"grace_period": 10, "reduction_factor": 2}, "fifo": {}}
+KEYS = {"name", "config", "base", "space", "metric", "mode", "num_samples", "scheduler",
+        "resources", "seed", "fault_round"}
+
+
+@dataclass
+class Sweep:
+    name: str
+    cfg: Config                    # the base experiment, validated
+    space: dict[str, str]          # config key -> "loguniform(0.1, 10)" (defaults resolved)
+    metric: str = "val_acc_last10"
+    mode: str = "max"
+    num_samples: int = 8
+    scheduler: dict = field(default_factory=lambda: {"name": "asha", **SCHEDULERS["asha"]})
+    resources: dict = field(default_factory=lambda: {"cpus": 1, "gpus": 0})
+    seed: int = 0                  # seed of the search (which configs are sampled)
+    fault_round: int | None = None  # testing: the first trial to reach this round fails, once
+
+    @property
+    def base(self) -> dict:
+        return to_dict(self.cfg)
+
+    def to_yaml(self) -> str:
+        """A self-contained sweep file (``base`` fully resolved): ``--resume`` reads it back."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cfg"}
+        return OmegaConf.to_yaml(OmegaConf.create({**d, "base": self.base}))
+
+
+def parse_distribution(key: str, spec: Any) -> tuple[str, list]:
+    """``"loguniform(0.1, 10)"`` -> ``("loguniform", [0.1, 10])``, arguments checked."""
+    m = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", spec) if isinstance(spec, str) else None
+    if not m or m.group(1) not in DISTRIBUTIONS:
+        raise ConfigError(f"sweep space '{key}': expected one of {', '.join(d + '(...)' for d in DISTRIBUTIONS)} "
+                          f"or 'default', got {spec!r} (fixed values belong under base:)")
+    name = m.group(1)
+    try:
+        args = yaml.safe_load(f"[{m.group(2)}]")
+    except yaml.YAMLError:
+        raise ConfigError(f"sweep space '{key}': cannot parse arguments of {spec!r}") from None
+    if name in ("choice", "grid"):
+        if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
+            raise ConfigError(f"sweep space '{key}': {name} takes one non-empty list, e.g. {name}([a, b])")
+        return name, args
+    numbers = len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if not numbers or not args[0] < args[1] or (name == "loguniform" and args[0] <= 0) \
+            or (name == "randint" and not all(isinstance(a, int) for a in args)):
+        need = {"uniform": "lo < hi", "loguniform": "0 < lo < hi", "randint": "integers lo < hi"}[name]
+        raise ConfigError(f"sweep space '{key}': {name}(lo, hi) needs {need}, got {spec!r}")
+    return name, args
+
+
+def bounds(name: str, args: list) -> list:
+    """The values a distribution can reach at its extremes (randint's upper bound is exclusive)."""
+    if name in ("choice", "grid"):
+        return list(args[0])
+    return [args[0], args[1] - 1] if name == "randint" else list(args)
+
+
+def nest(flat: dict) -> dict:
+    """``{"algo.kappa": 1}`` -> ``{"algo": {"kappa": 1}}``."""
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _find(path: str, sweep_file: Path) -> Path:
+    """A base config path, relative to the sweep file first, then to the cwd."""
+    for candidate in (sweep_file.parent / path, Path(path)):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"sweep {sweep_file}: base config '{path}' not found (relative to the sweep file or the cwd)")
+
+
+def _absolute(cfg: Config) -> None:
+    """Trials run in Tune's per-trial working directory: relative paths must not depend on it."""
+    for attr in ("cache_dir", "root"):
+        p = getattr(cfg.data, attr)
+        if p and not os.path.isabs(p) and not p.startswith("~"):
+            setattr(cfg.data, attr, os.path.abspath(p))
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read and validate a sweep file; ``sweep.KEY=VALUE`` overrides sweep keys, others the base."""
+    path = Path(path)
+    raw = OmegaConf.to_container(read_yaml(path))
+    sweep_over = [o[len("sweep."):] for o in overrides if o.startswith("sweep.")]
+    if sweep_over:
+        raw = OmegaConf.to_container(OmegaConf.merge(raw, parse_overrides(sweep_over)))
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise ConfigError(f"unknown sweep key '{unknown[0]}' in {path} (keys: {', '.join(sorted(KEYS))})")
+    config, base = raw.get("config"), raw.get("base") or {}
+    if isinstance(base, str):  # `base: ../default.yaml` names a file
+        config, base = base, {}
+    cfg = load_config(_find(config, path) if config else None,
+                      [o for o in overrides if not o.startswith("sweep.")], nest(flatten(base)))
+    _absolute(cfg)
+    sweep = Sweep(name=str(raw.get("name") or path.stem), cfg=cfg, space=dict(raw.get("space") or {}))
+    for key in ("metric", "num_samples", "seed", "fault_round"):
+        if key in raw:
+            setattr(sweep, key, raw[key])
+    sweep.mode = raw.get("mode") or ("min" if sweep.metric.endswith("loss") else "max")
+    sweep.scheduler = _scheduler(raw.get("scheduler", "asha"), cfg.rounds)
+    sweep.resources = {**sweep.resources, **(raw.get("resources") or {})}
+    validate(sweep)
+    return sweep
+
+
+def _scheduler(spec: Any, rounds: int) -> dict:
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec or {})
+    name = spec.pop("name", "asha")
+    if name not in SCHEDULERS:
+        raise ConfigError(f"sweep scheduler must be one of {', '.join(SCHEDULERS)} (got {name!r})")
+    bad = sorted(set(spec) - set(SCHEDULERS[name]))
+    if bad:
+        raise ConfigError(f"unknown key '{bad[0]}' for scheduler {name}")
+    out = {"name": name, **SCHEDULERS[name], **spec}
+    if name == "asha":
+        out["grace_period"] = min(int(out["grace_period"]), rounds)  # rounds, like ASHA's time_attr
+        if out["grace_period"] < 1 or out["reduction_factor"] <= 1:
+            raise ConfigError("asha needs grace_period >= 1 and reduction_factor > 1")
+    return out
+
+
+def default_range(sweep: Sweep, key: str) -> str:
+    """``algo.<name>: default`` -> the ``sweep=`` range declared by the algorithm's dataclass."""
+    if key.startswith("algo."):
+        for f in dataclasses.fields(type(sweep.cfg.algo)):
+            if f.name == key[5:] and f.metadata.get("sweep"):
+                return f.metadata["sweep"]
+    raise ConfigError(f"sweep space '{key}': no default range for this key; give one, e.g. uniform(lo, hi)")
+
+
+def validate(sweep: Sweep) -> None:
+    """Refuse test metrics and empty validation splits; resolve every key's bounds via the schema."""
+    if sweep.metric not in VAL_METRICS:
+        reads = "reads the test split" if not sweep.metric.startswith(("val_", "global_val_")) else "is unknown"
+        raise ConfigError(f"sweep metric '{sweep.metric}' {reads}: a sweep selects on validation "
+                          f"({', '.join(VAL_METRICS)})")
+    if sweep.mode not in ("max", "min"):
+        raise ConfigError(f"sweep mode must be max or min (got {sweep.mode!r})")
+    if sweep.cfg.data.val_fraction <= 0:
+        raise ConfigError("data.val_fraction is 0: a sweep selects on a validation split; "
+                          "set data.val_fraction (e.g. 0.2) under base: or on the command line")
+    if not isinstance(sweep.num_samples, int) or sweep.num_samples < 1:
+        raise ConfigError(f"sweep num_samples must be an integer >= 1 (got {sweep.num_samples!r})")
+    res = sweep.resources
+    numbers = all(isinstance(v, (int, float)) and v >= 0 for v in res.values())
+    if set(res) - {"cpus", "gpus"} or not numbers or not (res["cpus"] > 0 or res["gpus"] > 0):
+        raise ConfigError(f"sweep resources must be {{cpus: >0, gpus: >=0}} (got {res})")
+    if not sweep.space:
+        raise ConfigError("sweep space is empty: name at least one key to search over")
+    for key, spec in list(sweep.space.items()):
+        if key == "algorithm":
+            raise ConfigError("a sweep tunes one algorithm; compare algorithms with `pflalign compare`")
+        if spec == "default":
+            sweep.space[key] = spec = default_range(sweep, key)
+        for value in bounds(*parse_distribution(key, spec)):
+            try:
+                load_config(None, [], sweep.base, nest({key: value}))
+            except ConfigError as e:
+                raise ConfigError(f"sweep space '{key}: {spec}': {e}") from None
