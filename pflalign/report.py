@@ -90,25 +90,26 @@ def plot_curves(runs: pd.DataFrame, path: Path) -> None:
             ax.plot(mean.index, mean, label=f"{label} (n={len(curves)})")
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
         ax.set(title=setting, xlabel="round", ylabel="mean personalized acc (%)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def plot_clients(runs: pd.DataFrame, path: Path) -> None:
     """Distribution of per-client accuracy at the last evaluation, pooled over seeds."""
-    fig, axes = _grid(runs["setting"].nunique())
+    most = runs.groupby("setting")["label"].nunique().max()
+    fig, axes = _grid(runs["setting"].nunique(), w=7, h=1.5 + 0.4 * most)
     for ax, (setting, group) in zip(axes, runs.groupby("setting", sort=False)):
         labels, data = [], []
         for label, g in group.groupby("label", sort=False):
             last = [next(r for r in reversed(rows) if "client_acc" in r) for rows in g["history"]]
             labels.append(label)
             data.append(np.concatenate([np.asarray(r["client_acc"]) * 100 for r in last]))
-        ax.boxplot(data)
+        ax.boxplot(data, orientation="horizontal")  # long labels read best on the y axis
         for i, d in enumerate(data, 1):
-            ax.plot(np.full(len(d), i) + np.linspace(-0.15, 0.15, len(d)), d, ".", alpha=0.4, ms=3)
-        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20)
-        ax.set(title=setting, ylabel="client accuracy (%), last round")
+            ax.plot(d, np.full(len(d), i) + np.linspace(-0.15, 0.15, len(d)), ".", alpha=0.4, ms=3)
+        ax.set_yticks(range(1, len(labels) + 1), labels)
+        ax.set(title=setting, xlabel="client accuracy (%), last round")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
