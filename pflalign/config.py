@@ -30,7 +30,7 @@ def option(default: Any, help: str, *, lo: float | None = None, hi: float | None
 @dataclass
 class DataConfig:
     dataset: str = option("mnist1d", "dataset name (`pflalign list datasets`)")
-    root: Optional[str] = option(None, "directory of file-based datasets (fmnist, mnist, cifar)")
+    root: Optional[str] = option(None, "directory (or text file, shakespeare) of file-based datasets")
     download: bool = option(False, "let torchvision download cifar10/cifar100/mnist into root")
     num_samples: int = option(5000, "samples to generate (mnist1d; synthetic: mean per client x clients)", lo=10)
     partition: str = option("dirichlet", "how samples are split over clients",
@@ -44,6 +44,10 @@ class DataConfig:
     val_fraction: float = option(0.0, "share of each client's train split held out for validation", lo=0, hi=0.9)
     synthetic_alpha: float = option(1.0, "Synthetic(alpha, beta): model heterogeneity", lo=0)
     synthetic_beta: float = option(1.0, "Synthetic(alpha, beta): data heterogeneity", lo=0)
+    seq_len: int = option(80, "shakespeare: characters of context per sample (LEAF: 80)", lo=1)
+    stride: Optional[int] = option(None, "shakespeare: characters between sample windows; null = seq_len (disjoint; LEAF: 1)", lo=1)
+    min_chars: int = option(10000, "shakespeare: characters a speaker needs to be a client (the longest num_clients are used)", lo=1)
+    client_samples: Optional[int] = option(256, "shakespeare: samples per client at most (seeded random subset of its windows); null = all", lo=2)
     seed: Optional[int] = option(None, "partition/generation seed; null = the run seed")
     cache_dir: str = option("~/.cache/pflalign", "where generated datasets and partitions are cached")
 
@@ -52,7 +56,8 @@ class DataConfig:
 class ModelConfig:
     name: str = option("mlp", "model name (`pflalign list models`)")
     hidden: List[int] = option([128, 128], "hidden widths of mlp")
-    width: Optional[int] = option(None, "base channels of cnn1d/cnn/resnet18; null = 32/32/64", lo=1)
+    width: Optional[int] = option(None, "base channels of cnn1d/cnn/resnet18, LSTM width of charlstm; null = 32/32/64/256", lo=1)
+    embed_dim: int = option(8, "charlstm: character embedding size (LEAF: 8); its LSTM size is model.width, null = 256", lo=1)
 
 
 @dataclass

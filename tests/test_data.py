@@ -47,7 +47,7 @@ def total_hist(fd):
 
 def test_registry_names():
     assert set(DATASETS) == {"mnist1d", "digits", "synthetic", "fmnist", "mnist", "cifar10",
-                             "cifar100"}
+                             "cifar100", "shakespeare"}
     assert PARTITIONS == ("iid", "dirichlet", "pathological", "quantity_skew", "natural")
 
 

@@ -35,3 +35,11 @@ def test_asking_for_more_than_the_cluster_has_is_bad_input(ray_tiny, capsys):
     assert "ray.num_workers=3" in capsys.readouterr().err
     assert main(["run", *ray_tiny, "runtime=ray", "ray.num_workers=0", "ray.num_gpus=0.5"]) == 2
     assert "GPUs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", sorted(__import__("pflalign.algorithms", fromlist=["ALGORITHMS"]).ALGORITHMS))
+def test_every_algorithm_gives_the_same_numbers_on_ray(ray_tiny, algorithm):
+    """No runtime special cases: each plug-in runs unchanged on Ray, bit for bit."""
+    args = ray_tiny + [f"algorithm={algorithm}", "rounds=2"]
+    assert jsonl(run_cli(args + ["name=ray", "runtime=ray"])) == jsonl(run_cli(args + ["name=local"]))

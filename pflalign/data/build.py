@@ -23,12 +23,15 @@ from ..config import DataConfig
 from ..errors import DataError
 from . import partition as P
 from .containers import SPLITS, ClientData, FederatedData
-from .datasets import RawDataset, get_dataset
+from .datasets import DATASETS, RawDataset, get_dataset
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _NOT_HASHED = ("cache_dir", "download", "seed")
+# Fields that only some datasets read: hashed for those alone, so adding them kept the cache
+# keys (and caches) of every other dataset unchanged.
+_ONLY_FOR = {f: ("shakespeare",) for f in ("seq_len", "stride", "min_chars", "client_samples")}
 _PARTITION_STREAM, _SPLIT_STREAM = 1, 2
 
 
@@ -40,7 +43,7 @@ def cache_key(cfg: DataConfig, seed: int) -> str:
     """sha256[:16] of the canonical JSON of the data-defining fields and the effective seed."""
     fields = {}
     for f in dataclasses.fields(DataConfig):
-        if f.name in _NOT_HASHED:
+        if f.name in _NOT_HASHED or cfg.dataset not in _ONLY_FOR.get(f.name, (cfg.dataset,)):
             continue
         v = getattr(cfg, f.name)
         if isinstance(f.default, float) and v is not None:
@@ -86,7 +89,8 @@ def _check_request(cfg: DataConfig, spec) -> None:
                         f"(choose from {', '.join(P.PARTITIONS)})")
     if cfg.partition == "natural" and not spec.natural:
         raise DataError(f"data.partition=natural needs a dataset with its own clients "
-                        f"(synthetic); {cfg.dataset} has none")
+                        f"({', '.join(n for n, d in DATASETS.items() if d.natural)}); "
+                        f"{cfg.dataset} has none")
     if cfg.partition == "pathological" and cfg.classes_per_client > spec.num_classes:
         raise DataError(f"data.classes_per_client={cfg.classes_per_client} exceeds the "
                         f"{spec.num_classes} classes of dataset {cfg.dataset}")
@@ -115,6 +119,8 @@ def _partition(cfg: DataConfig, raw: RawDataset, rng: np.random.Generator) -> li
 
 def _assemble(raw: RawDataset, splits: list[dict[str, np.ndarray]], info: dict,
               from_cache: bool) -> FederatedData:
+    if raw.client_names is not None and info.get("partition") == "natural":
+        info = {**info, "client_names": list(raw.client_names)}
     def take(ix):
         return torch.from_numpy(raw.x[ix]), torch.from_numpy(raw.y[ix])
 

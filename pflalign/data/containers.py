@@ -15,7 +15,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class ClientData:
-    """One client's splits: x float32 [n, *input_shape], y int64 [n]; val may be empty."""
+    """One client's splits: x [n, *input_shape] (float32; int64 token ids for text), y int64
+    [n]; val may be empty."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor

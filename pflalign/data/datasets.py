@@ -14,18 +14,19 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import DataError
-from . import files, synthetic
+from . import files, shakespeare, synthetic
 
 FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 
 
 @dataclass
 class RawDataset:
-    x: np.ndarray  # float32 [N, *input_shape]
+    x: np.ndarray  # float32 [N, *input_shape] (text: int64 token ids)
     y: np.ndarray  # int64 [N]
     num_classes: int
     input_shape: tuple[int, ...]
     natural_clients: Optional[list[np.ndarray]] = None
+    client_names: Optional[list[str]] = None  # of the natural clients (partition.json)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,13 @@ def _synthetic(cfg, seed: int) -> RawDataset:
     return RawDataset(x, y, synthetic.NUM_CLASSES, (synthetic.DIM,), clients)
 
 
+def _shakespeare(cfg, seed: int) -> RawDataset:
+    path = shakespeare.find_file(cfg.root)
+    x, y, clients, names = shakespeare.load(path, cfg.num_clients, cfg.seq_len, cfg.stride,
+                                            cfg.min_chars, cfg.client_samples, seed)
+    return RawDataset(x, y, shakespeare.VOCAB_SIZE, (int(cfg.seq_len),), clients, names)
+
+
 def _root(cfg, name: str, default: Optional[str] = None) -> Path:
     root = cfg.root if cfg.root is not None else default
     if root is None:
@@ -106,6 +114,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec(_synthetic, synthetic.NUM_CLASSES, (synthetic.DIM,),
                              "FedProx Synthetic(alpha, beta), natural clients", natural=True,
                              generated=True),
+    "shakespeare": DatasetSpec(_shakespeare, shakespeare.VOCAB_SIZE, (80,),
+                               "LEAF-style next character, one client per speaker: play file "
+                               "(data.root; data.seq_len, data.stride, data.min_chars, "
+                               "data.client_samples)", natural=True),
     "fmnist": DatasetSpec(_idx_loader("fmnist", FMNIST_DEFAULT_ROOT), 10, (1, 28, 28),
                           f"Fashion-MNIST idx files (data.root, default {FMNIST_DEFAULT_ROOT})"),
     "mnist": DatasetSpec(_idx_loader("mnist"), 10, (1, 28, 28), "MNIST idx files (data.root)"),

@@ -159,10 +159,10 @@ def pathological(labels: np.ndarray, num_clients: int, rng: np.random.Generator,
 
 def natural(natural_clients: list[np.ndarray] | None, num_clients: int,
             dataset: str) -> list[np.ndarray]:
-    """The dataset's own clients (Synthetic's generated users)."""
+    """The dataset's own clients (Synthetic's generated users, Shakespeare's speakers)."""
     if natural_clients is None:
         raise DataError(f"data.partition=natural needs a dataset with its own clients "
-                        f"(synthetic); {dataset} has none")
+                        f"(synthetic, shakespeare); {dataset} has none")
     if len(natural_clients) != num_clients:
         raise DataError(f"data.num_clients={num_clients} but dataset {dataset} has "
                         f"{len(natural_clients)} natural clients")

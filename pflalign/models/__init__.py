@@ -8,10 +8,10 @@ from typing import Callable
 from torch import nn
 
 from ..errors import ConfigError
-from .nets import SplitModel, cnn, cnn1d, mlp, resnet18
+from .nets import SplitModel, charlstm, cnn, cnn1d, mlp, resnet18
 
 MODELS: dict[str, Callable[..., SplitModel]] = {
-    "mlp": mlp, "cnn1d": cnn1d, "cnn": cnn, "resnet18": resnet18,
+    "mlp": mlp, "cnn1d": cnn1d, "cnn": cnn, "resnet18": resnet18, "charlstm": charlstm,
 }
 
 

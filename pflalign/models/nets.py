@@ -96,3 +96,28 @@ def resnet18(cfg, input_shape, num_classes):
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return SplitModel(nn.Sequential(*layers), nn.Linear(cin, num_classes))
+
+
+class _CharLSTMBody(nn.Module):
+    """Token ids [N, L] -> embedding -> 2-layer LSTM -> hidden state after the last token [N, H]."""
+
+    def __init__(self, vocab: int, embed_dim: int, hidden: int, layers: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point() or x.is_complex():
+            raise RuntimeError(f"charlstm needs integer token ids, got {x.dtype} inputs")
+        out, _ = self.lstm(self.embed(x.long()))
+        return out[:, -1]
+
+
+def charlstm(cfg, input_shape, num_classes):
+    """LEAF's Shakespeare model: embedding (model.embed_dim, 8) + 2-layer LSTM (model.width,
+    256) in the body, a linear head over the vocabulary. Inputs are token ids [N, seq_len]
+    whose vocabulary is the class set (next-token prediction); no normalization layers."""
+    if len(input_shape) != 1:
+        raise ConfigError(f"model charlstm needs token sequences (L,), the data has shape {input_shape}")
+    hidden = cfg.width or 256
+    return SplitModel(_CharLSTMBody(num_classes, cfg.embed_dim, hidden), nn.Linear(hidden, num_classes))
