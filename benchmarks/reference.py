@@ -18,6 +18,7 @@ VARIANTS = {
     "pFLAlign mechanism 1 only": ["algorithm=pflalign", "algo.m2=false"],
     "pFLAlign full, gate B": ["algorithm=pflalign"],
     "pFLAlign full, gate A": ["algorithm=pflalign", "algo.gate_scope=head", "algo.gamma0=1", "algo.lam_g=0"],
+    "pFLAlign mechanism 2 only": ["algorithm=pflalign", "algo.m1=false"],
     "pFLAlign mechanism 1 only, direction=gradient": ["algorithm=pflalign", "algo.m2=false", "algo.direction=gradient"],
     "control: FedAvg+FT, persistent momentum": ["algorithm=fedavg_ft", "algo.persistent_momentum=true"],
     "FedAvg + fine-tune": ["algorithm=fedavg_ft"],
