@@ -6,6 +6,7 @@ any worker can train any client and the result depends only on the turn's inputs
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from typing import Any
@@ -147,7 +148,7 @@ class ClientWorker:
             torch.cuda.manual_seed(seed)
         client = self.data.clients[client_id]
         turn = Turn(client_id, rnd, payload, state, num_train=len(client.train_y), data=client)
-        fits = iter(range(1_000_000))
+        fits = itertools.count()  # each phase of the turn gets its own batch-order stream
         turn.fit = lambda phase: self._fit(turn, phase, turn_seed(self.cfg.seed, client_id, rnd, purpose, 1, next(fits)))
         self.module.turn = turn
         return turn
