@@ -108,10 +108,10 @@ def cmd_tune(args) -> int:
         raise InputError("give --sweep FILE (or --resume SWEEP_DIR)")
     else:
         sweep = load_sweep(args.sweep, args.overrides)  # bad input fails here, before Ray starts
-    from tune.runner import resume_sweep, run_sweep
+    from tune.runner import resume_sweep, run_sweep, table_markdown
 
     out = resume_sweep(Path(args.resume)) if args.resume else run_sweep(sweep)
-    print(out.table.to_markdown(index=False, floatfmt=".4g"))
+    print(table_markdown(out.table))
     if out.best is not None:
         print(f"best: trial {out.best['trial']} -> {out.sweep_dir / 'best.yaml'}")
     if out.incomplete:

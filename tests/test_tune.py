@@ -127,3 +127,10 @@ def test_trials_log_to_wandb_offline(ray_cluster, tiny, tmp_path, monkeypatch):
     (run_file,) = (sweep_dir / "trials" / trial / "wandb").glob("offline-run-*/run-*.wandb")
     data = run_file.read_bytes()
     assert b"wb-sweep" in data and trial.encode() in data  # group = sweep name, run = trial id
+
+
+def test_numeric_looking_trial_ids_stay_text_in_the_table():
+    from tune.runner import table_markdown
+
+    md = table_markdown(pd.DataFrame({"trial": ["12345_00000", "12345_00001"], "val_acc": [0.5, 0.25]}))
+    assert md.splitlines()[0].startswith("| trial ") and "| 12345_00000 |" in md

@@ -127,12 +127,17 @@ def trials_table(sweep: Sweep, sweep_dir: Path, grid) -> pd.DataFrame:
     return df.drop(columns="_done").reset_index(drop=True)
 
 
+def table_markdown(table: pd.DataFrame) -> str:
+    """The trials table as markdown; trial ids like ``12345_00000`` stay text, not numbers."""
+    return table.to_markdown(index=False, floatfmt=".4g", disable_numparse=[0])
+
+
 def finish(sweep: Sweep, sweep_dir: Path, grid) -> Outcome:
     """Trials table (CSV + markdown); once every trial has ended, ``best.yaml``: the best
     completed trial (the best stopped one if none completed)."""
     table = trials_table(sweep, sweep_dir, grid)
     table.to_csv(sweep_dir / "trials.csv", index=False)
-    write_text(sweep_dir / "trials.md", table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_text(sweep_dir / "trials.md", table_markdown(table) + "\n")
     incomplete = int(table["status"].isin(["error", "unfinished"]).sum())
     scored = table[table[sweep.metric].notna()]
     best = scored.iloc[0].to_dict() if len(scored) and not incomplete else None
