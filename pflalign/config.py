@@ -33,6 +33,8 @@ class DataConfig:
     root: Optional[str] = option(None, "directory (or text file, shakespeare) of file-based datasets")
     download: bool = option(False, "let torchvision download cifar10/cifar100/mnist into root")
     num_samples: int = option(5000, "samples to generate (mnist1d; synthetic: mean per client x clients)", lo=10)
+    max_samples: Optional[int] = option(None, "file datasets: partition a seeded random subset of this many "
+                                        "samples (CPU-sized runs); null = all", lo=1)
     partition: str = option("dirichlet", "how samples are split over clients",
                             choices=["iid", "dirichlet", "pathological", "quantity_skew", "natural"])
     alpha: float = option(0.1, "Dirichlet concentration (smaller = more label skew)", lo=0, lo_open=True)

@@ -83,6 +83,12 @@ def test_default_yaml_is_the_embedded_default():
     assert isinstance(load_config(), Config)
 
 
+@pytest.mark.parametrize("algorithm", ["pflalign", "fedrep", "ditto"])
+def test_presets_load_for_any_algorithm(algorithm):
+    cfg = load_config(ROOT / "configs" / "fmnist.yaml", [f"algorithm={algorithm}"])
+    assert cfg.data.max_samples == 10000 and cfg.model.name == "cnn"
+
+
 def test_list_and_help(capsys):
     assert main(["list", "algorithms"]) == 0
     out = capsys.readouterr().out

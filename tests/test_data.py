@@ -344,3 +344,20 @@ def test_download_without_torchvision(tmp_path):
 def test_natural_count_mismatch():
     with pytest.raises(DataError, match="num_clients"):
         P.natural([np.arange(3), np.arange(3, 6)], 3, "synthetic")
+
+
+def test_max_samples_partitions_a_seeded_subset_of_a_file_dataset(tmp_path):
+    write_mnist_like(tmp_path / "raw", n_train=80, n_test=20)
+    cfg = make_cfg(tmp_path, dataset="fmnist", root=str(tmp_path / "raw"), partition="iid",
+                   num_clients=4, max_samples=40)
+    fd = build_federated_data(cfg, seed=0)
+    assert int(fd.train_sizes().sum()) + sum(len(c.test_y) + len(c.val_y) for c in fd.clients) == 40
+    assert same(fd, build_federated_data(cfg, seed=0))  # deterministic (and served from the cache)
+    other = build_federated_data(make_cfg(tmp_path, dataset="fmnist", root=str(tmp_path / "raw"),
+                                          partition="iid", num_clients=4, max_samples=40), seed=1)
+    assert not same(fd, other)
+    full = build_federated_data(make_cfg(tmp_path, dataset="fmnist", root=str(tmp_path / "raw"),
+                                         partition="iid", num_clients=4), seed=0)
+    assert int(full.train_sizes().sum()) > int(fd.train_sizes().sum())
+    with pytest.raises(DataError, match="data.max_samples"):
+        build_federated_data(make_cfg(tmp_path, dataset="digits", max_samples=100), seed=0)

@@ -32,6 +32,8 @@ _NOT_HASHED = ("cache_dir", "download", "seed")
 # Fields that only some datasets read: hashed for those alone, so adding them kept the cache
 # keys (and caches) of every other dataset unchanged.
 _ONLY_FOR = {f: ("shakespeare",) for f in ("seq_len", "stride", "min_chars", "client_samples")}
+FILE_DATASETS = ("fmnist", "mnist", "cifar10", "cifar100")
+_ONLY_FOR["max_samples"] = FILE_DATASETS
 _PARTITION_STREAM, _SPLIT_STREAM = 1, 2
 
 
@@ -94,27 +96,36 @@ def _check_request(cfg: DataConfig, spec) -> None:
     if cfg.partition == "pathological" and cfg.classes_per_client > spec.num_classes:
         raise DataError(f"data.classes_per_client={cfg.classes_per_client} exceeds the "
                         f"{spec.num_classes} classes of dataset {cfg.dataset}")
+    if cfg.max_samples is not None and cfg.dataset not in FILE_DATASETS:
+        raise DataError(f"data.max_samples subsamples file datasets ({', '.join(FILE_DATASETS)}); "
+                        f"{cfg.dataset} takes data.num_samples or its own options")
     if cfg.dataset == "synthetic" and cfg.num_clients * cfg.min_samples > cfg.num_samples:
         raise DataError(f"data.num_clients*data.min_samples = {cfg.num_clients}*"
                         f"{cfg.min_samples} exceeds data.num_samples={cfg.num_samples}")
 
 
 def _partition(cfg: DataConfig, raw: RawDataset, rng: np.random.Generator) -> list[np.ndarray]:
-    n, k = len(raw.y), cfg.num_clients
+    """Client index arrays into ``raw``; with ``data.max_samples`` only a seeded subset is dealt."""
+    keep = np.arange(len(raw.y))
+    if cfg.max_samples is not None and cfg.max_samples < len(keep):
+        keep = np.sort(rng.choice(len(keep), size=cfg.max_samples, replace=False))
+    y, n, k = raw.y[keep], len(keep), cfg.num_clients
     if k > n:
         raise DataError(f"data.num_clients={k} exceeds the {n} samples of dataset {cfg.dataset}")
     if cfg.partition in ("dirichlet", "quantity_skew") and k * cfg.min_samples > n:
         raise DataError(f"data.num_clients*data.min_samples = {k}*{cfg.min_samples} exceeds the "
                         f"{n} samples of dataset {cfg.dataset}")
     if cfg.partition == "iid":
-        return P.iid(raw.y, k, rng)
-    if cfg.partition == "dirichlet":
-        return P.dirichlet(raw.y, k, rng, cfg.alpha, cfg.min_samples)
-    if cfg.partition == "pathological":
-        return P.pathological(raw.y, k, rng, cfg.classes_per_client)
-    if cfg.partition == "quantity_skew":
-        return P.quantity_skew(raw.y, k, rng, cfg.quantity_sigma, cfg.min_samples)
-    return P.natural(raw.natural_clients, k, cfg.dataset)
+        parts = P.iid(y, k, rng)
+    elif cfg.partition == "dirichlet":
+        parts = P.dirichlet(y, k, rng, cfg.alpha, cfg.min_samples)
+    elif cfg.partition == "pathological":
+        parts = P.pathological(y, k, rng, cfg.classes_per_client)
+    elif cfg.partition == "quantity_skew":
+        parts = P.quantity_skew(y, k, rng, cfg.quantity_sigma, cfg.min_samples)
+    else:
+        return P.natural(raw.natural_clients, k, cfg.dataset)
+    return [keep[p] for p in parts]
 
 
 def _assemble(raw: RawDataset, splits: list[dict[str, np.ndarray]], info: dict,
