@@ -91,5 +91,4 @@ class Federation:
 
     def load_state_dict(self, snap: dict) -> None:
         self.round, self.global_params = snap["round"], snap["global"]
-        self.server_state, self.history = snap["server"], snap["history"]
-        self.client_states = self.runtime.put_states(snap["clients"])
+        self.server_state, self.client_states, self.history = snap["server"], snap["clients"], snap["history"]

@@ -1,9 +1,10 @@
 """Where client turns run. The federation talks to this interface only:
 
 ``train(round, payload, jobs)`` and ``evaluate(round, payload, jobs)`` take ``jobs`` as
-``[(client_id, state), ...]`` and return results in the same order; ``close()`` frees
-resources. A runtime may keep client states wherever it likes (the state objects it returns
-are opaque to the federation, which only stores and hands them back).
+``[(client_id, state), ...]`` and return results in the same order; ``fetch_states(states)``
+turns the states it returned into plain dicts for a checkpoint; ``close()`` frees resources.
+A runtime may keep client states wherever it likes (the state objects it returns are opaque
+to the federation, which only stores and hands them back; plain dicts are accepted too).
 """
 from __future__ import annotations
 

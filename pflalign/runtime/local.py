@@ -17,8 +17,5 @@ class LocalRuntime:
     def fetch_states(self, states: list) -> list[dict]:
         return states
 
-    def put_states(self, states: list[dict]) -> list:
-        return states
-
     def close(self) -> None:
         pass

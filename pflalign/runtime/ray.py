@@ -144,9 +144,6 @@ class RayRuntime:
     def fetch_states(self, states: list) -> list:
         return [ray.get(s) if isinstance(s, ray.ObjectRef) else s for s in states]
 
-    def put_states(self, states: list) -> list:
-        return list(states)
-
     def close(self) -> None:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
