@@ -46,6 +46,8 @@ def sweep_file(tmp_path, **keys) -> Path:
     ({"scheduler": {"name": "asha", "grace": 2}}, "unknown key 'grace' for scheduler asha"),
     ({"sheduler": "fifo"}, "unknown sweep key 'sheduler'"),
     ({"config": "missing.yaml"}, "base config 'missing.yaml' not found"),
+    ({"include_defaults": "yes"}, "include_defaults must be true or false"),
+    ({"include_defaults": True, "space": {"train.lr": "grid([0.1, 0.2])"}}, "include_defaults needs sampled keys"),
 ])
 def test_bad_sweeps_fail_before_anything_starts(tiny, tmp_path, keys, needle):
     code, _, err = _main(["tune", "--sweep", str(sweep_file(tmp_path, **keys)), *tiny])
@@ -68,7 +70,7 @@ def test_shipped_sweeps_load_and_ray_tune_stays_lazy():
 
 def test_tiny_sweep_writes_best_yaml_and_table(ray_cluster, tiny, tmp_path):
     path = sweep_file(tmp_path, num_samples=4, scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
-                      name="tiny")
+                      name="tiny", include_defaults=True)
     code, out, err = _main(["tune", "--sweep", str(path), *tiny, "sweep.seed=3"])
     assert code == 0, err
     sweep_dir = Path(out.strip().splitlines()[-1])
@@ -77,6 +79,8 @@ def test_tiny_sweep_writes_best_yaml_and_table(ray_cluster, tiny, tmp_path):
     assert len(table) == 4 and set(table["status"]) <= {"completed", "stopped"}
     assert table.loc[0, "status"] == "completed" and table["val_acc_last10"].notna().all()  # the default
     assert "| trial" in (sweep_dir / "trials.md").read_text()
+    defaults = table[(table["train.lr"] == 0.05) & (table["algo.kappa"] == 1.0)]  # include_defaults
+    assert len(defaults) == 1 and len(set(table["train.lr"])) == 4
     best = table.iloc[0]
     run_dir = sweep_dir / "trials" / best["trial"]
     assert (run_dir / "results.json").is_file()  # completed trials are whole run directories

@@ -68,7 +68,8 @@ def _tuner(sweep: Sweep, sweep_dir: Path, resume: bool):
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                                     scheduler=scheduler, reuse_actors=True, trial_dirname_creator=_trial_dirname,
-                                    search_alg=BasicVariantGenerator(random_state=sweep.seed)),
+                                    search_alg=BasicVariantGenerator(points_to_evaluate=sweep.defaults(),
+                                                                     random_state=sweep.seed)),
         run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
 

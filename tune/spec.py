@@ -26,7 +26,7 @@ VAL_METRICS = ("val_acc", "val_acc_last10", "val_loss", "global_val_acc")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 SCHEDULERS = {"asha": {"grace_period": 10, "reduction_factor": 2}, "fifo": {}}
 KEYS = {"name", "config", "base", "space", "metric", "mode", "num_samples", "scheduler",
-        "resources", "seed", "fault_round"}
+        "resources", "seed", "fault_round", "include_defaults"}
 
 
 @dataclass
@@ -40,11 +40,18 @@ class Sweep:
     scheduler: dict = field(default_factory=lambda: {"name": "asha", **SCHEDULERS["asha"]})
     resources: dict = field(default_factory=lambda: {"cpus": 1, "gpus": 0})
     seed: int = 0                  # seed of the search (which configs are sampled)
+    include_defaults: bool = False  # the first trial runs the base config's values (one of num_samples)
     fault_round: int | None = None  # testing: the first trial to reach this round fails, once
 
     @property
     def base(self) -> dict:
         return to_dict(self.cfg)
+
+    def defaults(self) -> list[dict]:
+        """Tune's ``points_to_evaluate``: the base config's value of every searched key, so a
+        sweep never selects something worse on validation than the defaults it started from."""
+        flat = flatten(self.base)
+        return [{key: flat[key] for key in self.space}] if self.include_defaults else []
 
     def to_yaml(self) -> str:
         """A self-contained sweep file (``base`` fully resolved): ``--resume`` reads it back."""
@@ -137,7 +144,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
                       [o for o in overrides if not o.startswith("sweep.")], nest(flatten(base)))
     _absolute(cfg)
     sweep = Sweep(name=str(raw.get("name") or path.stem), cfg=cfg, space=dict(raw.get("space") or {}))
-    for key in ("metric", "num_samples", "seed", "fault_round"):
+    for key in ("metric", "num_samples", "seed", "fault_round", "include_defaults"):
         if key in raw:
             setattr(sweep, key, raw[key])
     sweep.mode = raw.get("mode") or ("min" if sweep.metric.endswith("loss") else "max")
@@ -185,6 +192,8 @@ def validate(sweep: Sweep) -> None:
                           "set data.val_fraction (e.g. 0.2) under base: or on the command line")
     if not isinstance(sweep.num_samples, int) or sweep.num_samples < 1:
         raise ConfigError(f"sweep num_samples must be an integer >= 1 (got {sweep.num_samples!r})")
+    if not isinstance(sweep.include_defaults, bool):
+        raise ConfigError(f"sweep include_defaults must be true or false (got {sweep.include_defaults!r})")
     res = sweep.resources
     numbers = all(isinstance(v, (int, float)) and v >= 0 for v in res.values())
     if set(res) - {"cpus", "gpus"} or not numbers or not (res["cpus"] > 0 or res["gpus"] > 0):
@@ -201,3 +210,5 @@ def validate(sweep: Sweep) -> None:
                 load_config(None, [], sweep.base, nest({key: value}))
             except ConfigError as e:
                 raise ConfigError(f"sweep space '{key}: {spec}': {e}") from None
+        if sweep.include_defaults and parse_distribution(key, spec)[0] == "grid":
+            raise ConfigError(f"sweep space '{key}': include_defaults needs sampled keys, not grid(...)")
