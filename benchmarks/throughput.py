@@ -1,11 +1,13 @@
-"""Framework overhead: per-round wall time of pflalign (local and Ray runtimes) against a bare
+"""Throughput: framework overhead, round time vs number of Ray workers, memory per worker.
+
+Per-round wall time of pflalign (local runtime, and Ray with 1..N worker actors) against a bare
 PyTorch loop doing the same local steps (same clients, same batches, same model) plus the same
-weighted average. FedAvg, evaluation off, 1 torch thread per worker.
+weighted average; FedAvg, evaluation off, 1 torch thread per worker; RSS of each worker actor.
 
-    python benchmarks/overhead.py                     # mlp (MNIST-1D) and cnn (Fashion-MNIST if installed)
-    python benchmarks/overhead.py --workloads mlp --rounds 5 --ray-workers 1,2
+    python benchmarks/throughput.py                   # mlp (MNIST-1D) and cnn (Fashion-MNIST if installed)
+    python benchmarks/throughput.py --workloads mlp --rounds 5 --ray-workers 1,2
 
-Prints a markdown table and writes it to benchmarks/results/overhead.md.
+Prints a markdown table and writes it to benchmarks/results/throughput.md.
 """
 from __future__ import annotations
 
@@ -104,7 +106,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--ray-workers", default="1,2", help="comma-separated pool sizes; empty to skip Ray")
     ap.add_argument("--cache-dir", default="~/.cache/pflalign")
-    ap.add_argument("--out", default="benchmarks/results/overhead.md")
+    ap.add_argument("--out", default="benchmarks/results/throughput.md")
     args = ap.parse_args()
     workers = [int(n) for n in args.ray_workers.split(",") if n]
     rows = []

@@ -1,0 +1,182 @@
+"""The accuracy suite: every setting x every algorithm x seeds, with fair tuning, on test.
+
+1. Tune (validation only). For each setting, pFLAlign and each method in ``TUNED`` get the same
+   budget: one Ray Tune sweep of ``--trials`` trials (the defaults first, then random draws),
+   ASHA on ``val_acc_last10``, ``--tune-rounds`` rounds, seed 0. A method's search space is its
+   ``configs/sweeps/<method>.yaml`` space when that file exists, else every hyperparameter the
+   algorithm declares a sweep range for; ``train.lr`` always, over the setting's range.
+2. Test. Every algorithm (tuned ones with their best trial's values, the others with their
+   defaults) and pFLAlign's ablation (its tuned config with mechanism 1 / 2 / both off) on each
+   seed, ``rounds`` rounds, on the same partitions and sampling stream per seed.
+
+    python benchmarks/accuracy.py                          # all settings (hours on 2 CPU cores)
+    python benchmarks/accuracy.py --settings synthetic --seeds 0,1,2 --jobs 2
+
+Writes ``benchmarks/results/accuracy/<setting>/`` (table.md/csv, tuning.md, gradvar.md,
+``pflalign report`` plots) and ``benchmarks/results/accuracy/summary.md``. Finished sweeps and
+runs under ``--runs`` are reused, so an interrupted suite continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from callbacks import JsonlWriter
+from gradvar import collect as collect_gradvar
+from pflalign.algorithms import ALGORITHMS
+from pflalign.compare import load_results, run_many, summary_table
+from pflalign.config import load_config
+from pflalign.report import write_report
+from tune import load_sweep
+from tune.runner import run_sweep
+from tune.spec import nest
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = ["data.dataset=fmnist", "data.root=/usr/share/datasets/fashion-mnist", "data.max_samples=4000",
+          "model.name=mlp"]
+# name -> (overrides, train.lr search range). Sizes keep one run to ~1 CPU-minute or less.
+SETTINGS = {
+    "mnist1d-dir": ([], (0.01, 0.3)),
+    "mnist1d-path": (["data.partition=pathological", "data.classes_per_client=2"], (0.01, 0.3)),
+    "fmnist-dir": (FMNIST, (0.01, 0.3)),
+    "fmnist-path": ([*FMNIST, "data.partition=pathological", "data.classes_per_client=2"], (0.01, 0.3)),
+    "synthetic": (["data.dataset=synthetic", "data.partition=natural", "data.num_clients=30",
+                   "model.hidden=[64]"], (0.01, 0.3)),
+    "shakespeare": (["data.dataset=shakespeare", f"data.root={ROOT.parent / 'shared/data/tinyshakespeare.txt'}",
+                     "model.name=charlstm", "model.width=64", "data.seq_len=40", "data.client_samples=128",
+                     "train.lr=0.5"], (0.1, 2.0)),
+}
+COMMON = ["rounds=40", "eval_every=2", "stability_window=10", "data.val_fraction=0.2", "checkpoint_every=0",
+          "progress=false", "wandb.mode=disabled"]
+TUNED = ["pflalign", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod", "fedas"]
+ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanism 2 only": ["algo.m1=false"],
+            "pflalign: neither (= FedAvg+FT)": ["algo.m1=false", "algo.m2=false"]}
+COLUMNS = ["acc (weighted, last 10)", "worst client", "bottom 10%", "stability std", "acc (mean, last 10)",
+           "global model acc"]
+
+
+def search_space(method: str, lr_range: tuple[float, float], base: list[str]) -> dict:
+    sweep_file = ROOT / "configs" / "sweeps" / f"{method}.yaml"
+    if sweep_file.is_file():
+        space = dict(yaml.safe_load(sweep_file.read_text())["space"])
+    else:
+        hparams = load_config(None, [*base, f"algorithm={method}"]).algo
+        space = {f"algo.{f.name}": "default" for f in type(hparams).__dataclass_fields__.values()
+                 if f.metadata.get("sweep")}
+    return {**space, "train.lr": f"loguniform({lr_range[0]}, {lr_range[1]})"}
+
+
+def tune_method(method: str, base: list[str], lr_range, args, sweeps_dir: Path) -> dict:
+    """The best trial's values of the searched keys (a finished sweep is reused)."""
+    done = sorted(sweeps_dir.glob(f"{method}-*/best.yaml"))
+    if not done:
+        spec = {"name": method, "space": search_space(method, lr_range, base), "num_samples": args.trials,
+                "include_defaults": True, "seed": 0, "metric": "val_acc_last10",
+                "scheduler": {"name": "asha", "grace_period": 5, "reduction_factor": 2}}
+        sweeps_dir.mkdir(parents=True, exist_ok=True)
+        (sweeps_dir / f"{method}.yaml").write_text(yaml.safe_dump(spec))
+        sweep = load_sweep(sweeps_dir / f"{method}.yaml", [*base, f"algorithm={method}", f"rounds={args.tune_rounds}",
+                                                           "eval_every=1", "seed=0", f"out_dir={sweeps_dir}"])
+        outcome = run_sweep(sweep)
+        if outcome.best is None:
+            raise SystemExit(f"sweep {outcome.sweep_dir} did not finish: pflalign tune --resume it, then rerun")
+        done = [outcome.sweep_dir / "best.yaml"]
+    trials = pd.read_csv(done[-1].parent / "trials.csv", dtype={"trial": str})
+    best = trials.iloc[0]
+    return {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in trials.columns
+            if k.startswith(("algo.", "train.")) and pd.notna(best[k])} | {"val_acc_last10": best["val_acc_last10"]}
+
+
+def setting_configs(name: str, args, ray_started: list) -> tuple[list, pd.DataFrame]:
+    overrides, lr_range = SETTINGS[name]
+    base = [*overrides, *COMMON, *args.overrides]
+    out = args.runs / name
+    tuned = {}
+    for method in [m for m in TUNED if m in args.algorithms and args.trials > 0]:
+        if not ray_started:
+            import ray
+            ray.init(num_cpus=args.jobs, include_dashboard=False, log_to_driver=False)
+            ray_started.append(True)
+        tuned[method] = tune_method(method, base, lr_range, args, out / "tuning")
+    variants = {m: (m, []) for m in args.algorithms}
+    if "pflalign" in args.algorithms:
+        variants |= {label: ("pflalign", ov) for label, ov in ABLATION.items()}
+    cfgs = []
+    for label, (method, extra) in variants.items():
+        params = {k: v for k, v in tuned.get(method, {}).items() if k != "val_acc_last10"}
+        for seed in args.seeds:
+            run_name = f"{label.replace(' ', '_').replace(':', '').replace('(', '').replace(')', '')}-s{seed}"
+            cfgs.append(load_config(None, [*base, f"algorithm={method}", *extra, f"seed={seed}",
+                                           f"out_dir={out / 'test'}", f"experiment=accuracy-{name}"],
+                                    nest(params), {"label": label, "name": run_name}))
+    tuning = pd.DataFrame([{"method": m, "val acc (tuning)": round(v.pop("val_acc_last10") * 100, 1),
+                            **{k: f"{x:.3g}" if isinstance(x, float) else x for k, x in v.items()}}
+                           for m, v in tuned.items()])
+    return cfgs, tuning
+
+
+def files_only(cfg, run_dir):
+    return [JsonlWriter(run_dir)]
+
+
+def run_setting(name: str, args, ray_started: list) -> pd.DataFrame:
+    cfgs, tuning = setting_configs(name, args, ray_started)
+    todo = [c for c in cfgs if not (Path(c.out_dir) / c.name / "results.json").is_file()]
+    for c in todo:  # an interrupted run of this suite starts over
+        shutil.rmtree(Path(c.out_dir) / c.name, ignore_errors=True)
+    run_many(todo, args.jobs, files_only)
+    dirs = [Path(c.out_dir) / c.name for c in cfgs]
+    results = load_results(dirs)
+    weighted = results.groupby("label")["acc (weighted, last 10)"]
+    table = summary_table(results)
+    table = table.loc[weighted.mean().sort_values(ascending=False).index, ["seeds", *[c for c in COLUMNS if c in table]]]
+    dest = args.results / name
+    write_report(dirs, dest)
+    table.to_csv(dest / "table.csv")
+    (dest / "table.md").write_text(table.to_markdown() + "\n")
+    (dest / "tuning.md").write_text(tuning.to_markdown(index=False) + "\n" if len(tuning) else "no tuning\n")
+    gv = collect_gradvar(dirs)
+    if not gv.empty:
+        keys = [k for k in gv.columns if k.startswith("align/")]
+        gv = gv.groupby("label")[keys].mean().rename(columns=lambda k: k.split("/")[1]).round(3)
+        (dest / "gradvar.md").write_text(gv.to_markdown() + "\n")
+    print(f"\n## {name}\n\n{table.to_markdown()}\n", flush=True)
+    return pd.DataFrame({"mean": weighted.mean(), "std": weighted.std(ddof=0)}).mul(100).assign(setting=name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    ap.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default: all)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--trials", type=int, default=6, help="sweep trials per tuned method (0: no tuning)")
+    ap.add_argument("--tune-rounds", type=int, default=20)
+    ap.add_argument("--jobs", type=int, default=2, help="runs (and trials) in parallel")
+    ap.add_argument("--runs", type=Path, default=ROOT / "benchmarks/results/runs/accuracy")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/accuracy")
+    ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE for every run and trial (e.g. rounds=60)")
+    args = ap.parse_args()
+    args.settings, args.algorithms = args.settings.split(","), args.algorithms.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = sorted(set(args.settings) - set(SETTINGS)) + sorted(set(args.algorithms) - set(ALGORITHMS))
+    if unknown:
+        raise SystemExit(f"unknown setting or algorithm: {unknown[0]}")
+    ray_started: list = []
+    rows = [run_setting(name, args, ray_started) for name in args.settings]
+    summary = pd.concat(rows).reset_index()
+    cells = summary.assign(cell=[f"{m:.1f} ± {s:.1f}" for m, s in zip(summary["mean"], summary["std"])])
+    wide = cells.pivot(index="label", columns="setting", values="cell")[args.settings]
+    rank = summary.pivot(index="label", columns="setting", values="mean").rank(ascending=False).mean(axis=1)
+    wide.insert(0, "mean rank", rank.round(1))
+    wide = wide.sort_values("mean rank")
+    out = args.results / ("summary.md" if args.settings == list(SETTINGS) else f"summary-{'_'.join(args.settings)}.md")
+    out.write_text(wide.to_markdown() + "\n")
+    print(wide.to_markdown())
+
+
+if __name__ == "__main__":
+    main()
