@@ -123,7 +123,8 @@ def files_only(cfg, run_dir):
     return [JsonlWriter(run_dir)]
 
 
-def run_setting(name: str, args, ray_started: list) -> pd.DataFrame:
+def run_setting(name: str, args, ray_started: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tune, run, and write the setting's tables; returns its per-run results and gradient variance."""
     cfgs, tuning = setting_configs(name, args, ray_started)
     todo = [c for c in cfgs if not (Path(c.out_dir) / c.name / "results.json").is_file()]
     for c in todo:  # an interrupted run of this suite starts over
@@ -131,9 +132,9 @@ def run_setting(name: str, args, ray_started: list) -> pd.DataFrame:
     run_many(todo, args.jobs, files_only)
     dirs = [Path(c.out_dir) / c.name for c in cfgs]
     results = load_results(dirs)
-    weighted = results.groupby("label")["acc (weighted, last 10)"]
     table = summary_table(results)
-    table = table.loc[weighted.mean().sort_values(ascending=False).index, ["seeds", *[c for c in COLUMNS if c in table]]]
+    order = results.groupby("label")[COLUMNS[0]].mean().sort_values(ascending=False).index
+    table = table.loc[order, ["seeds", *[c for c in COLUMNS if c in table]]]
     dest = args.results / name
     write_report(dirs, dest)
     table.to_csv(dest / "table.csv")
@@ -145,7 +146,38 @@ def run_setting(name: str, args, ray_started: list) -> pd.DataFrame:
         gv = gv.groupby("label")[keys].mean().rename(columns=lambda k: k.split("/")[1]).round(3)
         (dest / "gradvar.md").write_text(gv.to_markdown() + "\n")
     print(f"\n## {name}\n\n{table.to_markdown()}\n", flush=True)
-    return pd.DataFrame({"mean": weighted.mean(), "std": weighted.std(ddof=0)}).mul(100).assign(setting=name)
+    return results.assign(setting=name), gv.assign(setting=name)
+
+
+def across_settings(results: pd.DataFrame, labels, settings: list[str]) -> pd.DataFrame:
+    """Weighted accuracy, mean ± std over seeds, one column per setting, plus the mean rank."""
+    rows = results[results["label"].isin(labels)]
+    stats = rows.groupby(["label", "setting"])[COLUMNS[0]].agg(mean="mean", std=lambda x: x.std(ddof=0)) * 100
+    means = stats["mean"].unstack()[settings]
+    wide = (stats["mean"].map("{:.1f}".format) + " ± " + stats["std"].map("{:.1f}".format)).unstack()[settings]
+    wide.insert(0, "mean rank", means.rank(ascending=False).mean(axis=1).round(1))
+    return wide.sort_values("mean rank")
+
+
+def heatmap(results: pd.DataFrame, settings: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = results.groupby(["label", "setting"])[COLUMNS[0]].mean().unstack()[settings] * 100
+    acc = acc.loc[acc.rank(ascending=False).mean(axis=1).sort_values().index]
+    fig, ax = plt.subplots(figsize=(1.6 * len(settings) + 3, 0.32 * len(acc) + 1.5))
+    ax.imshow(acc.rank(ascending=False).values, cmap="RdYlGn_r", aspect="auto")
+    for (i, j), v in pd.DataFrame(acc.values).stack().items():
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+    ax.set(xticks=range(len(settings)), yticks=range(len(acc)), title="weighted personalized test acc (%), "
+           "colour = rank in the setting")
+    ax.set_xticklabels(settings, rotation=20)
+    ax.set_yticklabels(acc.index, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -166,16 +198,18 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown setting or algorithm: {unknown[0]}")
     ray_started: list = []
-    rows = [run_setting(name, args, ray_started) for name in args.settings]
-    summary = pd.concat(rows).reset_index()
-    cells = summary.assign(cell=[f"{m:.1f} ± {s:.1f}" for m, s in zip(summary["mean"], summary["std"])])
-    wide = cells.pivot(index="label", columns="setting", values="cell")[args.settings]
-    rank = summary.pivot(index="label", columns="setting", values="mean").rank(ascending=False).mean(axis=1)
-    wide.insert(0, "mean rank", rank.round(1))
-    wide = wide.sort_values("mean rank")
-    out = args.results / ("summary.md" if args.settings == list(SETTINGS) else f"summary-{'_'.join(args.settings)}.md")
-    out.write_text(wide.to_markdown() + "\n")
-    print(wide.to_markdown())
+    parts = [run_setting(name, args, ray_started) for name in args.settings]
+    results = pd.concat([r for r, _ in parts])
+    gradvar = pd.concat([g for _, g in parts]).reset_index().set_index(["setting", "label"])
+    heatmap(results[results["label"].isin(args.algorithms)], args.settings, args.results / "summary.png")
+    text = ["# Accuracy suite summary", "", f"Weighted personalized test accuracy (%), last 10 evaluations, "
+            f"mean ± std over seeds {args.seeds}; mean rank over the settings.", "",
+            across_settings(results, args.algorithms, args.settings).to_markdown(), "", "## pFLAlign ablation", "",
+            across_settings(results, ["pflalign", *ABLATION], args.settings).to_markdown(), "",
+            "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",
+            gradvar.reset_index().to_markdown(index=False), "", "![summary](summary.png)", ""]
+    (args.results / "summary.md").write_text("\n".join(text))
+    print("\n".join(text))
 
 
 if __name__ == "__main__":
