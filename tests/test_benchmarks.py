@@ -23,7 +23,8 @@ def test_every_setting_and_tuned_space_validates(setting, tmp_path):
         path = tmp_path / f"{method}.yaml"
         path.write_text(yaml.safe_dump({"space": space, "include_defaults": True}))
         sweep = load_sweep(path, [*base, f"algorithm={method}"])  # every range checked by the schema
-        assert sweep.defaults()[0]["train.lr"] == load_config(None, base).train.lr
+        point = sweep.defaults()[0]
+        assert point["train.lr"] == load_config(None, base).train.lr and None not in point.values()
 
 
 def test_pflalign_is_tuned_on_algorithm_md_hyperparameters():

@@ -49,9 +49,11 @@ class Sweep:
 
     def defaults(self) -> list[dict]:
         """Tune's ``points_to_evaluate``: the base config's value of every searched key, so a
-        sweep never selects something worse on validation than the defaults it started from."""
+        sweep never selects something worse on validation than the defaults it started from.
+        A key whose default is derived (null, e.g. Ditto's personal_lr = train.lr) is sampled."""
         flat = flatten(self.base)
-        return [{key: flat[key] for key in self.space}] if self.include_defaults else []
+        point = {key: flat[key] for key in self.space if flat[key] is not None}
+        return [point] if self.include_defaults else []
 
     def to_yaml(self) -> str:
         """A self-contained sweep file (``base`` fully resolved): ``--resume`` reads it back."""
