@@ -19,6 +19,7 @@ runs under ``--runs`` are reused, so an interrupted suite continues where it sto
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from callbacks import JsonlWriter
 from gradvar import collect as collect_gradvar
 from pflalign.algorithms import ALGORITHMS
 from pflalign.compare import load_results, run_many, summary_table
-from pflalign.config import load_config
+from pflalign.config import load_config, to_dict
 from pflalign.report import write_report
 from tune import load_sweep
 from tune.runner import run_sweep
@@ -71,16 +72,21 @@ def search_space(method: str, lr_range: tuple[float, float], base: list[str]) ->
 
 
 def tune_method(method: str, base: list[str], lr_range, args, sweeps_dir: Path) -> dict:
-    """The best trial's values of the searched keys (a finished sweep is reused)."""
-    done = sorted(sweeps_dir.glob(f"{method}-*/best.yaml"))
+    """The best trial's values of the searched keys (a finished sweep of the same spec is reused)."""
+    spec = {"name": method, "space": search_space(method, lr_range, base), "num_samples": args.trials,
+            "include_defaults": True, "seed": 0, "metric": "val_acc_last10",
+            "scheduler": {"name": "asha", "grace_period": 5, "reduction_factor": 2}}
+    sweeps_dir.mkdir(parents=True, exist_ok=True)
+    (sweeps_dir / f"{method}.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(sweeps_dir / f"{method}.yaml", [*base, f"algorithm={method}", f"rounds={args.tune_rounds}",
+                                                       "eval_every=1", "seed=0", f"out_dir={sweeps_dir}"])
+    done = [p for p in sorted(sweeps_dir.glob(f"{method}-*/best.yaml"))
+            if (p.parent / "sweep.yaml").read_text() == sweep.to_yaml()]
     if not done:
-        spec = {"name": method, "space": search_space(method, lr_range, base), "num_samples": args.trials,
-                "include_defaults": True, "seed": 0, "metric": "val_acc_last10",
-                "scheduler": {"name": "asha", "grace_period": 5, "reduction_factor": 2}}
-        sweeps_dir.mkdir(parents=True, exist_ok=True)
-        (sweeps_dir / f"{method}.yaml").write_text(yaml.safe_dump(spec))
-        sweep = load_sweep(sweeps_dir / f"{method}.yaml", [*base, f"algorithm={method}", f"rounds={args.tune_rounds}",
-                                                           "eval_every=1", "seed=0", f"out_dir={sweeps_dir}"])
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=args.jobs, include_dashboard=False, log_to_driver=False)
         outcome = run_sweep(sweep)
         if outcome.best is None:
             raise SystemExit(f"sweep {outcome.sweep_dir} did not finish: pflalign tune --resume it, then rerun")
@@ -91,16 +97,12 @@ def tune_method(method: str, base: list[str], lr_range, args, sweeps_dir: Path) 
             if k.startswith(("algo.", "train.")) and pd.notna(best[k])} | {"val_acc_last10": best["val_acc_last10"]}
 
 
-def setting_configs(name: str, args, ray_started: list) -> tuple[list, pd.DataFrame]:
+def setting_configs(name: str, args) -> tuple[list, pd.DataFrame]:
     overrides, lr_range = SETTINGS[name]
     base = [*overrides, *COMMON, *args.overrides]
     out = args.runs / name
     tuned = {}
     for method in [m for m in TUNED if m in args.algorithms and args.trials > 0]:
-        if not ray_started:
-            import ray
-            ray.init(num_cpus=args.jobs, include_dashboard=False, log_to_driver=False)
-            ray_started.append(True)
         tuned[method] = tune_method(method, base, lr_range, args, out / "tuning")
     variants = {m: (m, []) for m in args.algorithms}
     if "pflalign" in args.algorithms:
@@ -113,21 +115,28 @@ def setting_configs(name: str, args, ray_started: list) -> tuple[list, pd.DataFr
             cfgs.append(load_config(None, [*base, f"algorithm={method}", *extra, f"seed={seed}",
                                            f"out_dir={out / 'test'}", f"experiment=accuracy-{name}"],
                                     nest(params), {"label": label, "name": run_name}))
-    tuning = pd.DataFrame([{"method": m, "val acc (tuning)": round(v.pop("val_acc_last10") * 100, 1),
-                            **{k: f"{x:.3g}" if isinstance(x, float) else x for k, x in v.items()}}
+    tuning = pd.DataFrame([{"method": m, "val acc (tuning, %)": round(v["val_acc_last10"] * 100, 1),
+                            "chosen": ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}"
+                                                for k, x in v.items() if k != "val_acc_last10")}
                            for m, v in tuned.items()])
     return cfgs, tuning
+
+
+def finished(cfg) -> bool:
+    """A run of exactly this config has finished under its name."""
+    results = Path(cfg.out_dir) / cfg.name / "results.json"
+    return results.is_file() and json.loads(results.read_text())["config"] == json.loads(json.dumps(to_dict(cfg)))
 
 
 def files_only(cfg, run_dir):
     return [JsonlWriter(run_dir)]
 
 
-def run_setting(name: str, args, ray_started: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tune, run, and write the setting's tables; returns its per-run results and gradient variance."""
-    cfgs, tuning = setting_configs(name, args, ray_started)
-    todo = [c for c in cfgs if not (Path(c.out_dir) / c.name / "results.json").is_file()]
-    for c in todo:  # an interrupted run of this suite starts over
+    cfgs, tuning = setting_configs(name, args)
+    todo = [c for c in cfgs if not finished(c)]
+    for c in todo:  # an interrupted run, or a run of an older config under this name, starts over
         shutil.rmtree(Path(c.out_dir) / c.name, ignore_errors=True)
     run_many(todo, args.jobs, files_only)
     dirs = [Path(c.out_dir) / c.name for c in cfgs]
@@ -197,8 +206,7 @@ def main() -> None:
     unknown = sorted(set(args.settings) - set(SETTINGS)) + sorted(set(args.algorithms) - set(ALGORITHMS))
     if unknown:
         raise SystemExit(f"unknown setting or algorithm: {unknown[0]}")
-    ray_started: list = []
-    parts = [run_setting(name, args, ray_started) for name in args.settings]
+    parts = [run_setting(name, args) for name in args.settings]
     results = pd.concat([r for r, _ in parts])
     gradvar = pd.concat([g for _, g in parts]).reset_index().set_index(["setting", "label"])
     heatmap(results[results["label"].isin(args.algorithms)], args.settings, args.results / "summary.png")
