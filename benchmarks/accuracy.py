@@ -5,9 +5,11 @@
    ASHA on ``val_acc_last10``, ``--tune-rounds`` rounds, seed 0. A method's search space is its
    ``configs/sweeps/<method>.yaml`` space when that file exists, else every hyperparameter the
    algorithm declares a sweep range for; ``train.lr`` always, over the setting's range.
+   ALGORITHM.md's control (FedAvg+FT with persistent momentum, ``fedavg_ft_pm``) is tuned too.
 2. Test. Every algorithm (tuned ones with their best trial's values, the others with their
-   defaults) and pFLAlign's ablation (its tuned config with mechanism 1 / 2 / both off) on each
-   seed, ``rounds`` rounds, on the same partitions and sampling stream per seed.
+   defaults), the control, and pFLAlign's ablation (its tuned config with mechanism 1 / 2 /
+   both off, and gate A) on each seed, ``rounds`` rounds, on the same partitions and sampling
+   stream per seed.
 
     python benchmarks/accuracy.py                          # all settings (hours on 2 CPU cores)
     python benchmarks/accuracy.py --settings synthetic --seeds 0,1,2 --jobs 2
@@ -53,9 +55,14 @@ SETTINGS = {
 }
 COMMON = ["rounds=40", "eval_every=2", "stability_window=10", "data.val_fraction=0.2", "checkpoint_every=0",
           "progress=false", "wandb.mode=disabled"]
-TUNED = ["pflalign", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod", "fedas"]
+# ALGORITHM.md's control (isolates the preconditioner from plain persistence), tuned like a method.
+CONTROLS = {"fedavg_ft_pm": ("fedavg_ft", ["algo.persistent_momentum=true"])}
+TUNED = ["pflalign", "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod",
+         "fedas", "fedcac", "fedbabu"]
+# pFLAlign's tuned config with these changes (they win over tuned values).
 ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanism 2 only": ["algo.m1=false"],
-            "pflalign: neither (= FedAvg+FT)": ["algo.m1=false", "algo.m2=false"]}
+            "pflalign: neither (= FedAvg+FT)": ["algo.m1=false", "algo.m2=false"],
+            "pflalign: gate A": ["algo.gate_scope=head", "algo.gamma0=1", "algo.lam_g=0"]}
 COLUMNS = ["acc (weighted, last 10)", "worst client", "bottom 10%", "stability std", "acc (mean, last 10)",
            "global model acc"]
 
@@ -71,15 +78,17 @@ def search_space(method: str, lr_range: tuple[float, float], base: list[str]) ->
     return {**space, "train.lr": f"loguniform({lr_range[0]}, {lr_range[1]})"}
 
 
-def tune_method(method: str, base: list[str], lr_range, args, sweeps_dir: Path) -> dict:
+def tune_method(method: str, algorithm: str, extra: list[str], base: list[str], lr_range, args,
+                sweeps_dir: Path) -> dict:
     """The best trial's values of the searched keys (a finished sweep of the same spec is reused)."""
-    spec = {"name": method, "space": search_space(method, lr_range, base), "num_samples": args.trials,
+    spec = {"name": method, "space": search_space(algorithm, lr_range, base), "num_samples": args.trials,
             "include_defaults": True, "seed": 0, "metric": "val_acc_last10",
             "scheduler": {"name": "asha", "grace_period": 5, "reduction_factor": 2}}
     sweeps_dir.mkdir(parents=True, exist_ok=True)
     (sweeps_dir / f"{method}.yaml").write_text(yaml.safe_dump(spec))
-    sweep = load_sweep(sweeps_dir / f"{method}.yaml", [*base, f"algorithm={method}", f"rounds={args.tune_rounds}",
-                                                       "eval_every=1", "seed=0", f"out_dir={sweeps_dir}"])
+    sweep = load_sweep(sweeps_dir / f"{method}.yaml", [*base, f"algorithm={algorithm}", *extra,
+                                                       f"rounds={args.tune_rounds}", "eval_every=1", "seed=0",
+                                                       f"out_dir={sweeps_dir}"])
     done = [p for p in sorted(sweeps_dir.glob(f"{method}-*/best.yaml"))
             if (p.parent / "sweep.yaml").read_text() == sweep.to_yaml()]
     if not done:
@@ -101,20 +110,21 @@ def setting_configs(name: str, args) -> tuple[list, pd.DataFrame]:
     overrides, lr_range = SETTINGS[name]
     base = [*overrides, *COMMON, *args.overrides]
     out = args.runs / name
-    tuned = {}
-    for method in [m for m in TUNED if m in args.algorithms and args.trials > 0]:
-        tuned[method] = tune_method(method, base, lr_range, args, out / "tuning")
-    variants = {m: (m, []) for m in args.algorithms}
+    methods = {m: (m, []) for m in args.algorithms} | {c: v for c, v in CONTROLS.items() if v[0] in args.algorithms}
+    tuned = {m: tune_method(m, *methods[m], base, lr_range, args, out / "tuning")
+             for m in TUNED if m in methods and args.trials > 0}
+    variants = {m: (m, algorithm, extra) for m, (algorithm, extra) in methods.items()}
     if "pflalign" in args.algorithms:
-        variants |= {label: ("pflalign", ov) for label, ov in ABLATION.items()}
+        variants |= {label: ("pflalign", "pflalign", ov) for label, ov in ABLATION.items()}
     cfgs = []
-    for label, (method, extra) in variants.items():
+    for label, (method, algorithm, extra) in variants.items():
         params = {k: v for k, v in tuned.get(method, {}).items() if k != "val_acc_last10"}
+        changes = nest({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in extra)})
         for seed in args.seeds:
             run_name = f"{label.replace(' ', '_').replace(':', '').replace('(', '').replace(')', '')}-s{seed}"
-            cfgs.append(load_config(None, [*base, f"algorithm={method}", *extra, f"seed={seed}",
-                                           f"out_dir={out / 'test'}", f"experiment=accuracy-{name}"],
-                                    nest(params), {"label": label, "name": run_name}))
+            cfgs.append(load_config(None, [*base, f"algorithm={algorithm}", f"seed={seed}", f"out_dir={out / 'test'}",
+                                           f"experiment=accuracy-{name}"],
+                                    nest(params), changes, {"label": label, "name": run_name}))
     tuning = pd.DataFrame([{"method": m, "val acc (tuning, %)": round(v["val_acc_last10"] * 100, 1),
                             "chosen": ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}"
                                                 for k, x in v.items() if k != "val_acc_last10")}
@@ -209,11 +219,11 @@ def main() -> None:
     parts = [run_setting(name, args) for name in args.settings]
     results = pd.concat([r for r, _ in parts])
     gradvar = pd.concat([g for _, g in parts]).reset_index().set_index(["setting", "label"])
-    heatmap(results[results["label"].isin(args.algorithms)], args.settings, args.results / "summary.png")
+    heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS])], args.settings, args.results / "summary.png")
     text = ["# Accuracy suite summary", "", f"Weighted personalized test accuracy (%), last 10 evaluations, "
             f"mean ± std over seeds {args.seeds}; mean rank over the settings.", "",
-            across_settings(results, args.algorithms, args.settings).to_markdown(), "", "## pFLAlign ablation", "",
-            across_settings(results, ["pflalign", *ABLATION], args.settings).to_markdown(), "",
+            across_settings(results, [*args.algorithms, *CONTROLS], args.settings).to_markdown(), "", "## pFLAlign ablation", "",
+            across_settings(results, ["pflalign", *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",
             gradvar.reset_index().to_markdown(index=False), "", "![summary](summary.png)", ""]
     (args.results / "summary.md").write_text("\n".join(text))
