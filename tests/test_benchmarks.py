@@ -18,11 +18,12 @@ def test_every_setting_and_tuned_space_validates(setting, tmp_path):
     base = [*overrides, *accuracy.COMMON]
     assert load_config(None, base).data.val_fraction > 0  # tuning reads validation only
     for method in accuracy.TUNED:
-        space = accuracy.search_space(method, lr_range, base)
+        algorithm, extra = accuracy.CONTROLS.get(method, (method, []))
+        space = accuracy.search_space(algorithm, lr_range, base)
         assert space["train.lr"] == f"loguniform({lr_range[0]}, {lr_range[1]})"
         path = tmp_path / f"{method}.yaml"
         path.write_text(yaml.safe_dump({"space": space, "include_defaults": True}))
-        sweep = load_sweep(path, [*base, f"algorithm={method}"])  # every range checked by the schema
+        sweep = load_sweep(path, [*base, f"algorithm={algorithm}", *extra])  # every range checked by the schema
         point = sweep.defaults()[0]
         assert point["train.lr"] == load_config(None, base).train.lr and None not in point.values()
 
