@@ -168,13 +168,14 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     return results.assign(setting=name), gv.assign(setting=name)
 
 
-def across_settings(results: pd.DataFrame, labels, settings: list[str]) -> pd.DataFrame:
-    """Weighted accuracy, mean ± std over seeds, one column per setting, plus the mean rank."""
+def across_settings(results: pd.DataFrame, labels, settings: list[str], column: str = COLUMNS[0]) -> pd.DataFrame:
+    """``column`` as mean ± std over seeds, one column per setting, plus the mean rank (stability:
+    lower ranks first)."""
     rows = results[results["label"].isin(labels)]
-    stats = rows.groupby(["label", "setting"])[COLUMNS[0]].agg(mean="mean", std=lambda x: x.std(ddof=0)) * 100
+    stats = rows.groupby(["label", "setting"])[column].agg(mean="mean", std=lambda x: x.std(ddof=0)) * 100
     means = stats["mean"].unstack()[settings]
     wide = (stats["mean"].map("{:.1f}".format) + " ± " + stats["std"].map("{:.1f}".format)).unstack()[settings]
-    wide.insert(0, "mean rank", means.rank(ascending=False).mean(axis=1).round(1))
+    wide.insert(0, "mean rank", means.rank(ascending=column == "stability std").mean(axis=1).round(1))
     return wide.sort_values("mean rank")
 
 
@@ -220,9 +221,15 @@ def main() -> None:
     results = pd.concat([r for r, _ in parts])
     gradvar = pd.concat([g for _, g in parts]).reset_index().set_index(["setting", "label"])
     heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS])], args.settings, args.results / "summary.png")
-    text = ["# Accuracy suite summary", "", f"Weighted personalized test accuracy (%), last 10 evaluations, "
-            f"mean ± std over seeds {args.seeds}; mean rank over the settings.", "",
-            across_settings(results, [*args.algorithms, *CONTROLS], args.settings).to_markdown(), "", "## pFLAlign ablation", "",
+    methods = [*args.algorithms, *CONTROLS]
+    text = ["# Accuracy suite summary", "", f"Mean ± std over seeds {args.seeds}, in %; mean rank over the settings.",
+            "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
+            across_settings(results, methods, args.settings).to_markdown(), "",
+            "## Bottom 10% of clients (final round)", "",
+            across_settings(results, methods, args.settings, "bottom 10%").to_markdown(), "",
+            "## Stability (std of the mean accuracy over the last `stability_window` evaluations, points)", "",
+            across_settings(results, methods, args.settings, "stability std").to_markdown(), "",
+            "## pFLAlign ablation (weighted accuracy)", "",
             across_settings(results, ["pflalign", *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",
             gradvar.reset_index().to_markdown(index=False), "", "![summary](summary.png)", ""]
