@@ -33,7 +33,7 @@ from gradvar import collect as collect_gradvar
 from pflalign.algorithms import ALGORITHMS
 from pflalign.compare import load_results, run_many, summary_table
 from pflalign.config import load_config, to_dict
-from pflalign.report import write_report
+from pflalign.report import plot_curves, write_report
 from tune import load_sweep
 from tune.runner import run_sweep
 from tune.spec import nest
@@ -63,6 +63,7 @@ TUNED = ["pflalign", "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fed
 ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanism 2 only": ["algo.m1=false"],
             "pflalign: neither (= FedAvg+FT)": ["algo.m1=false", "algo.m2=false"],
             "pflalign: gate A": ["algo.gate_scope=head", "algo.gamma0=1", "algo.lam_g=0"]}
+FOCUS = ["pflalign", "pflalign: mechanism 1 only", "fedavg_ft_pm", "local", "fedavg_ft", "fedrep", "ditto"]
 COLUMNS = ["acc (weighted, last 10)", "worst client", "bottom 10%", "stability std", "acc (mean, last 10)",
            "global model acc"]
 
@@ -165,7 +166,7 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
         gv = gv.groupby("label")[keys].mean().rename(columns=lambda k: k.split("/")[1]).round(3)
         (dest / "gradvar.md").write_text(gv.to_markdown() + "\n")
     print(f"\n## {name}\n\n{table.to_markdown()}\n", flush=True)
-    return results.assign(setting=name), gv.assign(setting=name)
+    return results.assign(setting=name, run_dir=dirs), gv.assign(setting=name)
 
 
 def across_settings(results: pd.DataFrame, labels, settings: list[str], column: str = COLUMNS[0]) -> pd.DataFrame:
@@ -177,6 +178,13 @@ def across_settings(results: pd.DataFrame, labels, settings: list[str], column: 
     wide = (stats["mean"].map("{:.1f}".format) + " ± " + stats["std"].map("{:.1f}".format)).unstack()[settings]
     wide.insert(0, "mean rank", means.rank(ascending=column == "stability std").mean(axis=1).round(1))
     return wide.sort_values("mean rank")
+
+
+def focus_curves(results: pd.DataFrame, path: Path) -> None:
+    """Accuracy vs round of pFLAlign, the control and the reference baselines, one panel per setting."""
+    runs = results[results["label"].isin(FOCUS)].copy()
+    runs["history"] = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in runs["run_dir"]]
+    plot_curves(runs, path)
 
 
 def heatmap(results: pd.DataFrame, settings: list[str], path: Path) -> None:
@@ -221,6 +229,7 @@ def main() -> None:
     results = pd.concat([r for r, _ in parts])
     gradvar = pd.concat([g for _, g in parts]).reset_index().set_index(["setting", "label"])
     heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS])], args.settings, args.results / "summary.png")
+    focus_curves(results, args.results / "acc_vs_round.png")
     methods = [*args.algorithms, *CONTROLS]
     text = ["# Accuracy suite summary", "", f"Mean ± std over seeds {args.seeds}, in %; mean rank over the settings.",
             "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
@@ -232,7 +241,8 @@ def main() -> None:
             "## pFLAlign ablation (weighted accuracy)", "",
             across_settings(results, ["pflalign", *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",
-            gradvar.reset_index().to_markdown(index=False), "", "![summary](summary.png)", ""]
+            gradvar.reset_index().to_markdown(index=False), "", "![summary](summary.png)", "",
+            "![accuracy vs round](acc_vs_round.png)", ""]
     (args.results / "summary.md").write_text("\n".join(text))
     print("\n".join(text))
 

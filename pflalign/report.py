@@ -80,17 +80,18 @@ def _grid(n: int, w: float = 5.5, h: float = 3.8):
 
 def plot_curves(runs: pd.DataFrame, path: Path) -> None:
     """Mean personalized accuracy vs round per label, with a ±std band over seeds."""
-    fig, axes = _grid(runs["setting"].nunique())
+    many = runs.groupby("setting")["label"].nunique().max() > 8  # then the legend goes beside the plot
+    fig, axes = _grid(runs["setting"].nunique(), w=9 if many else 5.5, h=0.2 * runs["label"].nunique() if many else 3.8)
     for ax, (setting, group) in zip(axes, runs.groupby("setting", sort=False)):
-        for label, g in group.groupby("label", sort=False):
+        for i, (label, g) in enumerate(group.groupby("label", sort=False)):
             curves = [pd.Series({r["round"]: r["acc_mean"] * 100 for r in rows if "acc_mean" in r})
                       for rows in g["history"]]
             table = pd.concat(curves, axis=1).dropna()
             mean, std = table.mean(axis=1), table.std(axis=1, ddof=0)
-            ax.plot(mean.index, mean, label=f"{label} (n={len(curves)})")
+            ax.plot(mean.index, mean, ("-", "--", ":")[i // 10 % 3], label=f"{label} (n={len(curves)})")
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
         ax.set(title=setting, xlabel="round", ylabel="mean personalized acc (%)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if many else {"loc": "lower right"}))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
