@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -31,8 +33,10 @@ import yaml
 from callbacks import JsonlWriter
 from gradvar import collect as collect_gradvar
 from pflalign.algorithms import ALGORITHMS
-from pflalign.compare import load_results, run_many, summary_table
+from pflalign.compare import load_results, summary_table
 from pflalign.config import load_config, to_dict
+from pflalign.errors import NonFiniteLossError
+from pflalign.experiment import launch
 from pflalign.report import plot_curves, write_report
 from tune import load_sweep
 from tune.runner import run_sweep
@@ -64,6 +68,7 @@ ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanis
             "pflalign: neither (= FedAvg+FT)": ["algo.m1=false", "algo.m2=false"],
             "pflalign: gate A": ["algo.gate_scope=head", "algo.gamma0=1", "algo.lam_g=0"]}
 FOCUS = ["pflalign", "pflalign: mechanism 1 only", "fedavg_ft_pm", "local", "fedavg_ft", "fedrep", "ditto"]
+DIVERGED = "diverged.json"
 COLUMNS = ["acc (weighted, last 10)", "worst client", "bottom 10%", "stability std", "acc (mean, last 10)",
            "global model acc"]
 
@@ -134,13 +139,22 @@ def setting_configs(name: str, args) -> tuple[list, pd.DataFrame]:
 
 
 def finished(cfg) -> bool:
-    """A run of exactly this config has finished under its name."""
-    results = Path(cfg.out_dir) / cfg.name / "results.json"
-    return results.is_file() and json.loads(results.read_text())["config"] == json.loads(json.dumps(to_dict(cfg)))
+    """A run of exactly this config has finished (or diverged) under its name."""
+    for record in ("results.json", DIVERGED):
+        path = Path(cfg.out_dir) / cfg.name / record
+        if path.is_file() and json.loads(path.read_text())["config"] == json.loads(json.dumps(to_dict(cfg))):
+            return True
+    return False
 
 
-def files_only(cfg, run_dir):
-    return [JsonlWriter(run_dir)]
+def run_one(cfg) -> None:
+    """One test run; a diverged one (non-finite loss) is recorded, not fatal: it is a result."""
+    try:
+        launch(cfg, lambda cfg, run_dir: [JsonlWriter(run_dir)])
+    except NonFiniteLossError as e:
+        run_dir = Path(cfg.out_dir) / cfg.name
+        (run_dir / DIVERGED).write_text(json.dumps({"label": cfg.label, "seed": cfg.seed, "error": str(e),
+                                                    "config": to_dict(cfg)}))
 
 
 def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -149,8 +163,13 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     todo = [c for c in cfgs if not finished(c)]
     for c in todo:  # an interrupted run, or a run of an older config under this name, starts over
         shutil.rmtree(Path(c.out_dir) / c.name, ignore_errors=True)
-    run_many(todo, args.jobs, files_only)
-    dirs = [Path(c.out_dir) / c.name for c in cfgs]
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(run_one, todo))
+    dirs = [Path(c.out_dir) / c.name for c in cfgs if (Path(c.out_dir) / c.name / "results.json").is_file()]
+    diverged = [json.loads((Path(c.out_dir) / c.name / DIVERGED).read_text()) for c in cfgs
+                if (Path(c.out_dir) / c.name / DIVERGED).is_file()]
+    if not dirs:
+        raise SystemExit(f"{name}: every run diverged ({diverged[0]['error']})")
     results = load_results(dirs)
     table = summary_table(results)
     order = results.groupby("label")[COLUMNS[0]].mean().sort_values(ascending=False).index
@@ -158,14 +177,16 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     dest = args.results / name
     write_report(dirs, dest)
     table.to_csv(dest / "table.csv")
-    (dest / "table.md").write_text(table.to_markdown() + "\n")
+    note = "".join(f"\nDiverged (non-finite loss; left out of its row, which so has fewer seeds): "
+                   f"{d['label']}, seed {d['seed']}: {d['error']}\n" for d in diverged)
+    (dest / "table.md").write_text(table.to_markdown() + "\n" + note)
     (dest / "tuning.md").write_text(tuning.to_markdown(index=False) + "\n" if len(tuning) else "no tuning\n")
     gv = collect_gradvar(dirs)
     if not gv.empty:
         keys = [k for k in gv.columns if k.startswith("align/")]
         gv = gv.groupby("label")[keys].mean().rename(columns=lambda k: k.split("/")[1]).round(3)
         (dest / "gradvar.md").write_text(gv.to_markdown() + "\n")
-    print(f"\n## {name}\n\n{table.to_markdown()}\n", flush=True)
+    print(f"\n## {name}\n\n{table.to_markdown()}\n{note}", flush=True)
     return results.assign(setting=name, run_dir=dirs), gv.assign(setting=name)
 
 
@@ -173,6 +194,8 @@ def across_settings(results: pd.DataFrame, labels, settings: list[str], column: 
     """``column`` as mean ± std over seeds, one column per setting, plus the mean rank (stability:
     lower ranks first)."""
     rows = results[results["label"].isin(labels)]
+    if rows.empty:
+        return pd.DataFrame({"(no runs)": []})
     stats = rows.groupby(["label", "setting"])[column].agg(mean="mean", std=lambda x: x.std(ddof=0)) * 100
     means = stats["mean"].unstack()[settings]
     wide = (stats["mean"].map("{:.1f}".format) + " ± " + stats["std"].map("{:.1f}".format)).unstack()[settings]
@@ -227,10 +250,12 @@ def main() -> None:
         raise SystemExit(f"unknown setting or algorithm: {unknown[0]}")
     parts = [run_setting(name, args) for name in args.settings]
     results = pd.concat([r for r, _ in parts])
-    gradvar = pd.concat([g for _, g in parts]).reset_index().set_index(["setting", "label"])
+    gradvar = pd.concat([g.reset_index() for _, g in parts if not g.empty] or [pd.DataFrame()])
     heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS])], args.settings, args.results / "summary.png")
     focus_curves(results, args.results / "acc_vs_round.png")
     methods = [*args.algorithms, *CONTROLS]
+    diverged = [{**json.loads(p.read_text()), "setting": name} for name in args.settings
+                for p in sorted((args.runs / name / "test").glob(f"*/{DIVERGED}"))]
     text = ["# Accuracy suite summary", "", f"Mean ± std over seeds {args.seeds}, in %; mean rank over the settings.",
             "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
             across_settings(results, methods, args.settings).to_markdown(), "",
@@ -240,8 +265,10 @@ def main() -> None:
             across_settings(results, methods, args.settings, "stability std").to_markdown(), "",
             "## pFLAlign ablation (weighted accuracy)", "",
             across_settings(results, ["pflalign", *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
+            "## Diverged runs (non-finite loss; left out of the tables above)", "",
+            *([f"- {d['setting']}: {d['label']}, seed {d['seed']}: {d['error']}" for d in diverged] or ["none"]), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",
-            gradvar.reset_index().to_markdown(index=False), "", "![summary](summary.png)", "",
+            gradvar.to_markdown(index=False) if len(gradvar) else "(no pFLAlign runs)", "", "![summary](summary.png)", "",
             "![accuracy vs round](acc_vs_round.png)", ""]
     (args.results / "summary.md").write_text("\n".join(text))
     print("\n".join(text))
