@@ -55,7 +55,7 @@ SETTINGS = {
                    "model.hidden=[64]"], (0.01, 0.3)),
     "shakespeare": (["data.dataset=shakespeare", f"data.root={ROOT.parent / 'shared/data/tinyshakespeare.txt'}",
                      "model.name=charlstm", "model.width=64", "data.seq_len=40", "data.client_samples=128",
-                     "train.lr=0.5"], (0.1, 2.0)),
+                     "data.num_clients=10", "train.lr=0.5", "rounds=30"], (0.1, 2.0)),
 }
 COMMON = ["rounds=40", "eval_every=2", "stability_window=10", "data.val_fraction=0.2", "checkpoint_every=0",
           "progress=false", "wandb.mode=disabled"]
@@ -114,7 +114,7 @@ def tune_method(method: str, algorithm: str, extra: list[str], base: list[str], 
 
 def setting_configs(name: str, args) -> tuple[list, pd.DataFrame]:
     overrides, lr_range = SETTINGS[name]
-    base = [*overrides, *COMMON, *args.overrides]
+    base = [*COMMON, *overrides, *args.overrides]
     out = args.runs / name
     methods = {m: (m, []) for m in args.algorithms} | {c: v for c, v in CONTROLS.items() if v[0] in args.algorithms}
     tuned = {m: tune_method(m, *methods[m], base, lr_range, args, out / "tuning")
