@@ -32,6 +32,7 @@ import yaml
 
 from callbacks import JsonlWriter
 from gradvar import collect as collect_gradvar
+from gradvar import summarize as summarize_gradvar
 from pflalign.algorithms import ALGORITHMS
 from pflalign.compare import load_results, summary_table
 from pflalign.config import load_config, to_dict
@@ -157,8 +158,9 @@ def run_one(cfg) -> None:
                                                     "config": to_dict(cfg)}))
 
 
-def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tune, run, and write the setting's tables; returns its per-run results and gradient variance."""
+def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """Tune, run, and write the setting's tables; returns its per-run results, gradient variance
+    and diverged runs."""
     cfgs, tuning = setting_configs(name, args)
     todo = [c for c in cfgs if not finished(c)]
     for c in todo:  # an interrupted run, or a run of an older config under this name, starts over
@@ -183,11 +185,10 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     (dest / "tuning.md").write_text(tuning.to_markdown(index=False) + "\n" if len(tuning) else "no tuning\n")
     gv = collect_gradvar(dirs)
     if not gv.empty:
-        keys = [k for k in gv.columns if k.startswith("align/")]
-        gv = gv.groupby("label")[keys].mean().rename(columns=lambda k: k.split("/")[1]).round(3)
+        gv = summarize_gradvar(gv).round(3)
         (dest / "gradvar.md").write_text(gv.to_markdown() + "\n")
     print(f"\n## {name}\n\n{table.to_markdown()}\n{note}", flush=True)
-    return results.assign(setting=name, run_dir=dirs), gv.assign(setting=name)
+    return results.assign(setting=name, run_dir=dirs), gv.assign(setting=name), [{**d, "setting": name} for d in diverged]
 
 
 def across_settings(results: pd.DataFrame, labels, settings: list[str], column: str = COLUMNS[0]) -> pd.DataFrame:
@@ -249,13 +250,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown setting or algorithm: {unknown[0]}")
     parts = [run_setting(name, args) for name in args.settings]
-    results = pd.concat([r for r, _ in parts])
-    gradvar = pd.concat([g.reset_index() for _, g in parts if not g.empty] or [pd.DataFrame()])
+    results = pd.concat([r for r, _, _ in parts])
+    gradvar = pd.concat([g.reset_index() for _, g, _ in parts if not g.empty] or [pd.DataFrame()])
+    diverged = [d for _, _, ds in parts for d in ds]
     heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS])], args.settings, args.results / "summary.png")
     focus_curves(results, args.results / "acc_vs_round.png")
     methods = [*args.algorithms, *CONTROLS]
-    diverged = [{**json.loads(p.read_text()), "setting": name} for name in args.settings
-                for p in sorted((args.runs / name / "test").glob(f"*/{DIVERGED}"))]
     text = ["# Accuracy suite summary", "", f"Mean ± std over seeds {args.seeds}, in %; mean rank over the settings.",
             "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
             across_settings(results, methods, args.settings).to_markdown(), "",

@@ -31,13 +31,18 @@ def collect(dirs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each diagnostic per label, named without the ``align/`` prefix."""
+    return df.groupby("label")[KEYS].mean().rename(columns=lambda k: k.split("/")[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", type=Path)
     df = collect(ap.parse_args().dirs)
     if df.empty:
         raise SystemExit("no align/grad_var_* records found (pFLAlign runs with algo.diag_every > 0)")
-    table = df.groupby("label")[KEYS].mean().rename(columns=lambda k: k.split("/")[1])
+    table = summarize(df)
     table.insert(0, "measurements", df.groupby("label").size())
     print(table.round(3).to_markdown())
 

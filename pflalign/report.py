@@ -81,7 +81,7 @@ def _grid(n: int, w: float = 5.5, h: float = 3.8):
 def plot_curves(runs: pd.DataFrame, path: Path) -> None:
     """Mean personalized accuracy vs round per label, with a ±std band over seeds."""
     many = runs.groupby("setting")["label"].nunique().max() > 8  # then the legend goes beside the plot
-    fig, axes = _grid(runs["setting"].nunique(), w=9 if many else 5.5, h=0.2 * runs["label"].nunique() if many else 3.8)
+    fig, axes = _grid(runs["setting"].nunique(), w=9 if many else 5.5, h=max(3.8, 0.2 * runs["label"].nunique()))
     for ax, (setting, group) in zip(axes, runs.groupby("setting", sort=False)):
         for i, (label, g) in enumerate(group.groupby("label", sort=False)):
             curves = [pd.Series({r["round"]: r["acc_mean"] * 100 for r in rows if "acc_mean" in r})
