@@ -51,9 +51,10 @@ class Sweep:
         """Tune's ``points_to_evaluate``: the base config's value of every searched key, so a
         sweep never selects something worse on validation than the defaults it started from.
         A key whose default is derived (null, e.g. Ditto's personal_lr = train.lr) is sampled."""
+        if not self.include_defaults:
+            return []
         flat = flatten(self.base)
-        point = {key: flat[key] for key in self.space if flat[key] is not None}
-        return [point] if self.include_defaults else []
+        return [{key: flat[key] for key in self.space if flat[key] is not None}]
 
     def to_yaml(self) -> str:
         """A self-contained sweep file (``base`` fully resolved): ``--resume`` reads it back."""
@@ -207,10 +208,11 @@ def validate(sweep: Sweep) -> None:
             raise ConfigError("a sweep tunes one algorithm; compare algorithms with `pflalign compare`")
         if spec == "default":
             sweep.space[key] = spec = default_range(sweep, key)
-        for value in bounds(*parse_distribution(key, spec)):
+        name, args = parse_distribution(key, spec)
+        for value in bounds(name, args):
             try:
                 load_config(None, [], sweep.base, nest({key: value}))
             except ConfigError as e:
                 raise ConfigError(f"sweep space '{key}: {spec}': {e}") from None
-        if sweep.include_defaults and parse_distribution(key, spec)[0] == "grid":
+        if sweep.include_defaults and name == "grid":
             raise ConfigError(f"sweep space '{key}': include_defaults needs sampled keys, not grid(...)")
