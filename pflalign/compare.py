@@ -6,6 +6,7 @@ be rebuilt from finished runs at any time (``pflalign report`` does the same).
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
 from .experiment import launch
 
 # results.json field -> table column (accuracies in percent)
@@ -49,12 +51,50 @@ def _get(results: dict, dotted: str):
     return value
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_json(path: Path, what: str):
+    """A JSON file that a table or plot trusts; garbage is bad input naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"cannot read {path} ({what}): {type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}") from None
+
+
+def read_results(run_dir: Path) -> dict:
+    """``results.json`` of a finished run, checked for what the tables read: a garbage or
+    incomplete file (hand-edited, truncated copy, another tool's) is one line naming it."""
+    path = Path(run_dir) / "results.json"
+    r = read_json(path, "results of a finished run")
+    if not isinstance(r, dict):
+        raise InputError(f"{path} is not a pflalign results.json: expected a JSON object, got {type(r).__name__}")
+    for key, ok, need in (("algorithm", lambda v: isinstance(v, str) and v, "a name"),
+                          ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+                          ("label", lambda v: v is None or isinstance(v, str), "a string")):
+        if key not in r and key != "label":
+            raise InputError(f"{path} is incomplete: it has no '{key}'")
+        if key in r and not ok(r[key]):
+            raise InputError(f"{path}: '{key}' must be {need} (got {r[key]!r})")
+    values = {k: _get(r, k) for k in COLUMNS}
+    bad = next((k for k, v in values.items() if v is not None and not _number(v)), None)
+    if bad is not None:
+        raise InputError(f"{path}: '{bad}' must be a number (got {values[bad]!r})")
+    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values.values()):
+        raise InputError(f"{path} is incomplete: none of the table's metrics ({', '.join(COLUMNS)})")
+    return r
+
+
 def load_results(run_dirs: list[Path]) -> pd.DataFrame:
     """One row per run: its label, seed and every table field (NaN where absent)."""
     rows = []
     for d in run_dirs:
-        r = json.loads((Path(d) / "results.json").read_text())
-        rows.append({"label": r.get("label", r["algorithm"]), "seed": r["seed"], **{c: _get(r, k) for k, c in COLUMNS.items()}})
+        r = read_results(d)
+        values = {c: _get(r, k) for k, c in COLUMNS.items()}
+        rows.append({"label": r.get("label") or r["algorithm"], "seed": r["seed"],
+                     **{c: np.nan if v is None else float(v) for c, v in values.items()}})
     return pd.DataFrame(rows)
 
 

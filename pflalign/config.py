@@ -8,6 +8,9 @@ line that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -16,6 +19,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+
+# Seeds feed numpy's SeedSequence (non-negative) and torch.manual_seed (< 2**64); derived
+# seeds add small tags, so the run seed stays below 2**63 to leave them room.
+SEED_MAX = 2**63 - 1
+INT_MAX = 2**63 - 1  # every integer key ends up in numpy/torch int64 arithmetic
+# A run name becomes one directory under out_dir (and the W&B run id): one safe component.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@-]{0,199}")
 
 
 def option(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
@@ -50,14 +60,14 @@ class DataConfig:
     stride: Optional[int] = option(None, "shakespeare: characters between sample windows; null = seq_len (disjoint; LEAF: 1)", lo=1)
     min_chars: int = option(10000, "shakespeare: characters a speaker needs to be a client (the longest num_clients are used)", lo=1)
     client_samples: Optional[int] = option(256, "shakespeare: samples per client at most (seeded random subset of its windows); null = all", lo=2)
-    seed: Optional[int] = option(None, "partition/generation seed; null = the run seed")
+    seed: Optional[int] = option(None, "partition/generation seed; null = the run seed", lo=0, hi=SEED_MAX)
     cache_dir: str = option("~/.cache/pflalign", "where generated datasets and partitions are cached")
 
 
 @dataclass
 class ModelConfig:
     name: str = option("mlp", "model name (`pflalign list models`)")
-    hidden: List[int] = option([128, 128], "hidden widths of mlp")
+    hidden: List[int] = option([128, 128], "hidden widths of mlp", item_lo=1)
     width: Optional[int] = option(None, "base channels of cnn1d/cnn/resnet18, LSTM width of charlstm; null = 32/32/64/256", lo=1)
     embed_dim: int = option(8, "charlstm: character embedding size (LEAF: 8); its LSTM size is model.width, null = 256", lo=1)
 
@@ -74,7 +84,8 @@ class TrainConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = option("auto", "auto = online with an API key, else offline",
+    mode: str = option("auto", "auto = online with an API key and a W&B host that answers within 2 s "
+                       "(checked at start), else offline",
                        choices=["auto", "online", "offline", "disabled"])
     project: str = option("pflalign", "W&B project")
     entity: Optional[str] = option(None, "W&B entity (team or user)")
@@ -87,23 +98,31 @@ class RayConfig:
     num_cpus: float = option(1.0, "CPUs per worker (fractions allowed)", lo=0)
     num_gpus: float = option(0.0, "GPUs per worker (fractions allowed, e.g. 0.25)", lo=0)
     local_cpus: Optional[int] = option(None, "CPUs of a locally started instance; null = all", lo=1)
-    temp_dir: Optional[str] = option(None, "temp dir of a locally started instance; null = /tmp/pflalign-ray")
+    temp_dir: Optional[str] = option(None, "temp dir of a locally started instance; null = /tmp/pflalign-ray-<uid>")
     dashboard: bool = option(False, "start the dashboard with a local instance")
-    fault_round: Optional[int] = option(None, "testing: kill one worker mid-turn in this round (once)", lo=0)
+    fault_round: Optional[int] = option(None, "testing: kill one worker mid-turn in this round (once; rounds count from 1)", lo=1)
 
 
 @dataclass
 class Config:
     algorithm: str = option("pflalign", "algorithm name (`pflalign list algorithms`)")
-    seed: int = option(0, "seed of everything: model init, partition, sampling, batches")
+    seed: int = option(0, "seed of everything: model init, partition, sampling, batches (0 <= seed < 2**63)",
+                       lo=0, hi=SEED_MAX)
     rounds: int = option(150, "communication rounds", lo=1)
     client_fraction: float = option(1.0, "share of clients sampled each round", lo=0, hi=1, lo_open=True)
-    eval_every: int = option(1, "evaluate all clients every k rounds (and at the last round)", lo=1)
+    eval_every: int = option(1, "evaluate every k rounds (and at the last round)", lo=1)
+    eval_clients: str = option("all", "who is evaluated: all clients, the round's sampled ones, or a fixed "
+                               "seeded subset of eval_subset clients", choices=["all", "sampled", "subset"])
+    eval_subset: int = option(100, "clients in the evaluated subset (eval_clients=subset)", lo=1)
+    state_store: str = option("auto", "where client states live between turns: memory, disk (per-client files "
+                              "in the run directory), or auto (disk when they could exceed 1 GiB or a quarter "
+                              "of the free memory)", choices=["auto", "memory", "disk"])
     stability_window: int = option(50, "evaluations (= rounds at eval_every=1) over which stability is measured", lo=2)
     checkpoint_every: int = option(10, "snapshot the federation every k rounds (0: only at the end)", lo=0)
     runtime: str = option("local", "where clients run", choices=["local", "ray"])
     out_dir: str = option("runs", "parent directory of run directories")
-    name: Optional[str] = option(None, "run directory name; null = <algorithm>-<dataset>-s<seed>-<time>")
+    name: Optional[str] = option(None, "run directory name (one path component: letters, digits, . _ - + = @); "
+                                 "null = <algorithm>-<dataset>-s<seed>-<time>")
     experiment: str = option("default", "experiment name (W&B group)")
     label: Optional[str] = option(None, "name of this variant in comparison tables; null = algorithm")
     progress: bool = option(True, "progress bar on a terminal, else a line every 10% of rounds")
@@ -117,10 +136,32 @@ class Config:
 
 def _omegaconf_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     key = prefix + str(getattr(e, "full_key", "") or getattr(e, "key", "") or "")
-    msg = str(getattr(e, "msg", e)).splitlines()[0]
+    msg = (str(getattr(e, "msg", None) or e).splitlines() or [type(e).__name__])[0]
     if "not in" in msg or "Key" in type(e).__name__:
         return ConfigError(f"unknown config key '{key}'")
+    section = re.search(r"(\w+) is not a subclass of (\w+)\. value: (.*)", msg)
+    if not key and section:  # a whole section replaced by a scalar/list: OmegaConf names no key
+        names = {f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""): f.name
+                 for f in dataclasses.fields(Config)}
+        name = names.get(section.group(2), section.group(2))
+        return ConfigError(f"bad value for '{name}': expected a mapping of {name}.* keys, "
+                           f"got {section.group(1)} {section.group(3)}")
     return ConfigError(f"bad value for '{key}': {msg}")
+
+
+def _mismatch(base, other, prefix: str) -> str | None:
+    """The first key where ``other`` puts a list over a mapping of ``base`` (or the reverse)."""
+    for k in other if OmegaConf.is_dict(other) else ():
+        if k not in base:
+            continue
+        a, b = base[k], other[k]
+        if OmegaConf.is_dict(a) and OmegaConf.is_list(b) or OmegaConf.is_list(a) and OmegaConf.is_dict(b):
+            return f"{prefix}{k}"
+        if OmegaConf.is_dict(a) and OmegaConf.is_dict(b):
+            found = _mismatch(a, b, f"{prefix}{k}.")
+            if found:
+                return found
+    return None
 
 
 def _merge(base, *others, prefix: str = ""):
@@ -128,6 +169,10 @@ def _merge(base, *others, prefix: str = ""):
         return OmegaConf.merge(base, *others)
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e, prefix) from None
+    except TypeError as e:  # OmegaConf's "Cannot merge incompatible container types" names no key
+        key = next((k for o in others if (k := _mismatch(base, o, prefix))), None)
+        raise ConfigError(f"bad value for '{key or prefix.rstrip('.') or 'config'}': a list where a mapping "
+                          f"belongs, or the reverse ({e})") from None
 
 
 def parse_overrides(overrides: list[str]):
@@ -136,8 +181,18 @@ def parse_overrides(overrides: list[str]):
         raise ConfigError(f"expected key=value, got '{bad[0]}'")
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse override: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - OmegaConf, yaml and TypeError all say "cannot parse"
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+    for i, o in enumerate(overrides):  # name the override that breaks it
+        try:
+            OmegaConf.from_dotlist([o])
+        except Exception:  # noqa: BLE001
+            raise ConfigError(f"cannot parse override '{o}': {first}") from None
+        try:
+            OmegaConf.from_dotlist(list(overrides[:i + 1]))
+        except Exception:  # noqa: BLE001
+            raise ConfigError(f"override '{o}' conflicts with an earlier one for the same key: {first}") from None
+    raise ConfigError(f"cannot parse overrides: {first}")
 
 
 def read_yaml(path: str | Path):
@@ -166,7 +221,63 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] = ()
     cfg: Config = OmegaConf.to_object(merged)
     cfg.algo = resolve_hparams(cfg.algorithm, cfg.algo)
     validate(cfg)
+    check_names(cfg)
+    check_paths(cfg)
+    resolve_wandb_mode(cfg)
     return cfg
+
+
+def check_names(cfg: Config) -> None:
+    """Registry names that are otherwise only looked up after the data is built (and cached)."""
+    from .models import MODELS
+
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"unknown model.name '{cfg.model.name}' (choose from {', '.join(MODELS)})")
+
+
+def _check_dir(key: str, value: str) -> None:
+    """``value`` is a directory, or can be created: its nearest existing ancestor is a writable directory."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={value} is an existing file; it must be a directory (or a path that can be created)")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key}={value} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={value} is not writable ({parent} does not allow writing)")
+
+
+def check_paths(cfg: Config) -> None:
+    """The run name and the directories a run writes, checked before anything is written.
+
+    ``name`` must be one directory under ``out_dir``: ``a/b`` would fail mid-run and ``../x``
+    would write outside ``out_dir``.
+    """
+    if cfg.name is not None and (not NAME_RE.fullmatch(cfg.name) or cfg.name in (".", "..")):
+        raise ConfigError(f"name must be a single directory name of letters, digits and . _ - + = @ "
+                          f"(at most 200, not starting with . or -), got {cfg.name!r}")
+    for key, value in (("out_dir", cfg.out_dir), ("data.cache_dir", cfg.data.cache_dir),
+                       ("ray.temp_dir", cfg.ray.temp_dir)):
+        if value is not None:
+            if "\0" in value:
+                raise ConfigError(f"{key} must be a path without NUL characters, got {value!r}")
+            _check_dir(key, value)
+
+
+def resolve_wandb_mode(cfg: Config) -> None:
+    """Decide ``wandb.mode=auto`` now, before any directory exists (bounded network probe).
+
+    The decision is stored in the config, so it travels to Ray actors, worker processes and
+    ``config.yaml`` (a resumed run logs the same way). ``WANDB_MODE`` in the environment wins
+    at run time, so nothing is decided (or probed) when it is set.
+    """
+    if os.environ.get("WANDB_MODE") or cfg.wandb.mode in ("offline", "disabled"):
+        return
+    from callbacks.wandb import decide_mode
+
+    cfg.wandb.mode = decide_mode(cfg.wandb.mode)
 
 
 def resolve_hparams(algorithm: str, values: Any):
@@ -182,23 +293,50 @@ def resolve_hparams(algorithm: str, values: Any):
     return hp
 
 
+def _check_finite(key: str, value: Any) -> None:
+    """NaN compares false with everything, so it would pass any range check: refuse it first."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number (got {value})")
+
+
+def _check_int64(key: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT_MAX - 1 <= value <= INT_MAX:
+        raise ConfigError(f"{key} must fit in a signed 64-bit integer (got {value})")
+
+
 def validate(obj: Any, prefix: str = "") -> None:
-    """Range and choice checks from each field's metadata; recurses into nested configs."""
+    """Range, choice and finiteness checks from each field's metadata; recurses into nested configs.
+
+    Also run on algorithm hyperparameters (prefix ``algo.``), so every float key anywhere
+    refuses NaN/inf and every string key refuses the empty string.
+    """
     for f in dataclasses.fields(obj):
         value, key, meta = getattr(obj, f.name), prefix + f.name, f.metadata
         if dataclasses.is_dataclass(value):
             validate(value, key + ".")
             continue
-        if value is None or isinstance(value, (list, dict, str, bool)):
+        if isinstance(value, list):
+            item_lo = meta.get("item_lo")
+            for i, item in enumerate(value):
+                _check_finite(f"{key}[{i}]", item)
+                _check_int64(f"{key}[{i}]", item)
+                if item_lo is not None and (isinstance(item, bool) or not isinstance(item, int) or item < item_lo):
+                    raise ConfigError(f"{key} must be a list of integers >= {item_lo} (got {value})")
+            continue
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{key} must not be an empty string")
+        if value is None or isinstance(value, (dict, str, bool)):
             choices = meta.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})")
             continue
+        _check_finite(key, value)
         lo, hi = meta.get("lo"), meta.get("hi")
         if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
             raise ConfigError(f"{key} must be {'>' if meta.get('lo_open') else '>='} {lo} (got {value})")
         if hi is not None and value > hi:
             raise ConfigError(f"{key} must be <= {hi} (got {value})")
+        _check_int64(key, value)
 
 
 def to_dict(cfg: Config) -> dict:

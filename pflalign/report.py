@@ -6,6 +6,8 @@ same. Rows are mean ± std over seeds per label (the algorithm, or ``label=``) w
 *setting*: the data/federation keys that differ between the runs (dataset, partition, alpha,
 clients, model, rounds). Runs that differ only in seed are pooled; runs on different data never.
 The table itself is :func:`pflalign.compare.summary_table`, the same as ``pflalign compare``'s.
+Every file is read and checked before the output directory is touched, so a garbage or
+incomplete run directory is one error line naming the file, and nothing is written.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import load_results, summary_table
+from .compare import load_results, read_json, read_results, summary_table
 from .checkpoint import write_text
 from .errors import InputError
 
@@ -33,13 +35,77 @@ def find_runs(dirs: list[Path]) -> tuple[list[Path], int]:
     runs, skipped = [], 0
     for d in dirs:
         if not Path(d).is_dir():
-            raise InputError(f"report: no such directory: {d}")
+            raise InputError(f"report: {d} is a file, not a directory of runs" if Path(d).exists()
+                             else f"report: no such directory: {d}")
         found = [d] if (d / "results.json").is_file() else sorted(p.parent for p in d.rglob("results.json"))
         runs += found
         skipped += sum(1 for p in d.rglob("metrics.jsonl") if p.parent not in found)
     if not runs:
         raise InputError(f"report: no finished runs (results.json) under {', '.join(map(str, dirs))}")
     return list(dict.fromkeys(runs)), skipped
+
+
+def check_out(out: Path) -> None:
+    """The output directory exists or can be created (checked before anything is written)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"report --out {out} is an existing file; it must be a directory")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"report --out {out} cannot be created: {parent} is not a directory")
+
+
+def read_config(run_dir: Path, results: dict) -> dict:
+    """The run's resolved config from results.json (settings and captions read it)."""
+    cfg = results.get("config")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("data"), dict):
+        raise InputError(f"{run_dir / 'results.json'} is incomplete: its 'config' must be the run's config "
+                         f"(a mapping with a 'data' section)")
+    return cfg
+
+
+def _numbers(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """metrics.jsonl, checked for what the plots read: round, acc_mean and client_acc."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path} (per-round metrics of a finished run): {type(e).__name__}: {e}") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{path} line {i} is not JSON: {e}") from None
+        ok = isinstance(row, dict) and isinstance(row.get("round"), int) and not isinstance(row["round"], bool) \
+            and _numbers([row["acc_mean"]] if "acc_mean" in row else []) \
+            and ("client_acc" not in row or _numbers(row["client_acc"]) and row["client_acc"])
+        if not ok:
+            raise InputError(f"{path} line {i} is not a pflalign metrics row (round, acc_mean, client_acc)")
+        rows.append(row)
+    if not any("acc_mean" in r for r in rows) or not any("client_acc" in r for r in rows):
+        raise InputError(f"{path} has no evaluated round (rows with acc_mean and client_acc)")
+    return rows
+
+
+def read_partition(run_dir: Path) -> list | None:
+    """partition.json's train histogram (clients x classes), or None when the run has none."""
+    path = Path(run_dir) / "partition.json"
+    if not path.is_file():
+        return None
+    part = read_json(path, "partition of a run")
+    hist = part.get("histograms", {}).get("train") if isinstance(part, dict) and \
+        isinstance(part.get("histograms"), dict) else None
+    if not isinstance(hist, list) or not hist or not all(_numbers(row) and len(row) == len(hist[0]) for row in hist):
+        raise InputError(f"{path} has no histograms.train (a clients x classes table of counts)")
+    return hist
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -120,15 +186,13 @@ def plot_partitions(runs: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
     from .plots import partition_heatmap
 
     seen, figs = set(), []
-    for run_dir, setting, cfg in zip(runs["run_dir"], runs["setting"], runs["config"]):
-        part = Path(run_dir) / "partition.json"
-        if not part.is_file():
+    for hist, setting, cfg in zip(runs["partition"], runs["setting"], runs["config"]):
+        if hist is None:
             continue
-        hist = json.loads(part.read_text())["histograms"]["train"]
         if json.dumps(hist) in seen:
             continue
         seen.add(json.dumps(hist))
-        seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg["seed"]
+        seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg.get("seed")
         caption = f"{setting}, data seed {seed}"
         name = f"partition_{len(figs)}.png"
         fig = partition_heatmap(np.asarray(hist), title=f"train samples per client and class\n{caption}")
@@ -141,13 +205,15 @@ def write_report(dirs: list[Path], out: Path | None = None) -> Path:
     """report.md, report.csv (table), runs.csv (one row per run) and PNGs into ``out``."""
     run_dirs, skipped = find_runs(dirs)
     out = out or (dirs[0] if len(dirs) == 1 else Path.cwd() / "report")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
     df = load_results(run_dirs)
-    results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
-    df["setting"], common = settings([r["config"] for r in results])
-    df["run_dir"], df["config"] = [str(d) for d in run_dirs], [r["config"] for r in results]
-    df["history"] = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in run_dirs]
-    df.drop(columns=["config", "history"]).to_csv(out / "runs.csv", index=False)
+    configs = [read_config(d, read_results(d)) for d in run_dirs]
+    df["setting"], common = settings(configs)
+    df["run_dir"], df["config"] = [str(d) for d in run_dirs], configs
+    df["history"] = [read_history(d) for d in run_dirs]
+    df["partition"] = [read_partition(d) for d in run_dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    df.drop(columns=["config", "history", "partition"]).to_csv(out / "runs.csv", index=False)
     tables = {s: summary_table(g) for s, g in df.groupby("setting", sort=False)}
     table = pd.concat(tables, names=["setting", "label"]).reset_index()
     table.to_csv(out / "report.csv", index=False)

@@ -31,3 +31,37 @@ def test_progress_prints_every_tenth_round_when_not_a_terminal():
     bar.on_run_end(FakeFed, {})
     lines = out.getvalue().splitlines()
     assert len(lines) == 10 and lines[-1] == "round 20/20 acc 0.500"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): connects are refused."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wandb_auto_with_a_key_but_no_server_goes_offline_at_once(tiny, tmp_path, monkeypatch, capfd):
+    """auto + API key + unreachable host: decided at load time (no 2-minute wandb.init wait),
+    one warning line, and the run logs offline."""
+    import time
+
+    from pflalign.config import load_config
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # fake: never sent anywhere
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    start = time.perf_counter()
+    cfg = load_config(None, tiny + ["wandb.mode=auto"])
+    assert cfg.wandb.mode == "offline" and time.perf_counter() - start < 5
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wandb.mode=auto" in err[0] and "offline" in err[0]
+    assert load_config(None, tiny + ["wandb.mode=auto"]).wandb.mode == "offline"  # decided once per process
+    assert capfd.readouterr().err == ""
+    run_dir = run_cli(tiny + ["wandb.mode=auto"])
+    assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert "mode: offline" in (run_dir / "config.yaml").read_text()  # a resume logs the same way

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import pickle
 import random
@@ -289,6 +290,123 @@ def test_cifar_pickles(tmp_path, dataset):
     assert fd.input_shape == (3, 32, 32) and fd.clients[0].test_x.shape[1:] == (3, 32, 32)
     assert fd.num_classes == (10 if dataset == "cifar10" else 100)
     assert int(total_hist(fd).sum()) == n
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` (BINSTRING), as the official CIFAR batches (cPickle,
+    protocol 2) hold them; ``encoding="bytes"`` reads them back as bytes."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256
+                   else pickle.BINSTRING + n.to_bytes(4, "little") + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+@pytest.mark.parametrize("protocol", ["py2", 3, 4, 5])
+def test_cifar_safe_unpickler_reads_official_layouts(protocol):
+    from pflalign.data.files import safe_unpickle
+
+    rng = np.random.default_rng(0)
+    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [3, 7],
+             b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"filenames": [b"a.png", b"b.png"]}
+    if protocol == "py2":
+        buf = io.BytesIO()
+        Py2Pickler(buf, protocol=2).dump(batch)
+        data = buf.getvalue()
+    else:
+        data = pickle.dumps(batch, protocol=protocol)
+    out = safe_unpickle(data)
+    assert out[b"labels"] == [3, 7] and np.array_equal(out[b"data"], batch[b"data"])
+
+
+class RunsCode:
+    """A pickle that would create ``marker`` when loaded (how a crafted batch runs code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("payload", ["reduce", "nested"])
+def test_cifar_pickle_that_runs_code_is_refused_unrun(tmp_path, payload):
+    marker = tmp_path / "code-ran"
+    evil = RunsCode(marker)
+    assert pickle.loads(pickle.dumps(RunsCode(tmp_path / "control"))) is None  # the payload works...
+    assert (tmp_path / "control").is_dir()
+    files = ["train", "test"]
+    write_cifar(tmp_path / "root" / "cifar-100-python", files, b"fine_labels", 4, 100)
+    batch = evil if payload == "reduce" else {b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [evil]}
+    (tmp_path / "root" / "cifar-100-python" / "test").write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match="cifar-100-python/test.*refusing to load global (posix|os).mkdir"):
+        build_federated_data(make_cfg(tmp_path, dataset="cifar100", root=str(tmp_path / "root"),
+                                      partition="iid", num_clients=2), seed=0)
+    assert not marker.exists()  # ...but not through the data loader
+    assert cached_files(tmp_path) == []
+
+
+def _break_idx(folder, how):
+    """Damage a valid idx set the ways real downloads break (or are tampered with)."""
+    if how == "truncated-gz":
+        path = folder / "train-images-idx3-ubyte.gz"
+        path.write_bytes(path.read_bytes()[:-200])
+        return path
+    if how == "label-out-of-range":
+        write_idx(folder, "t10k-labels-idx1-ubyte", np.full(10, 12), 2049, True)
+        return folder / "t10k-labels-idx1-ubyte.gz"
+    if how == "wrong-image-size":
+        write_idx(folder, "train-images-idx3-ubyte", np.zeros((30, 5, 5)), 2051, True)
+        return folder / "train-images-idx3-ubyte.gz"
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("truncated-gz", "truncated or corrupt"), ("label-out-of-range", "label 12; the dataset has 10 classes"),
+    ("wrong-image-size", "5x5 images; 28x28 expected")])
+def test_bad_idx_files_are_named_and_nothing_is_cached(tmp_path, how, needle):
+    write_mnist_like(tmp_path / "raw")
+    path = _break_idx(tmp_path / "raw", how)
+    with pytest.raises(DataError, match=needle) as e:
+        build_federated_data(make_cfg(tmp_path, dataset="fmnist", root=str(tmp_path / "raw"),
+                                      partition="iid", num_clients=2), seed=0)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert cached_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("batch, needle", [
+    ([1, 2], "not a CIFAR python batch"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images and 1 labels"),
+    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, "label 10; the dataset has 10 classes"),
+    ({b"data": np.zeros((1, 100), np.uint8), b"labels": [0]}, "b'data' must be uint8 rows of 3072"),
+])
+def test_bad_cifar_batches_are_named_and_nothing_is_cached(tmp_path, batch, needle):
+    folder = tmp_path / "root" / "cifar-10-batches-py"
+    write_cifar(folder, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 4, 10)
+    (folder / "data_batch_3").write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=needle) as e:
+        build_federated_data(make_cfg(tmp_path, dataset="cifar10", root=str(tmp_path / "root"),
+                                      partition="iid", num_clients=2), seed=0)
+    assert str(folder / "data_batch_3") in str(e.value)
+    assert cached_files(tmp_path) == []
+
+
+def test_cached_partition_with_bad_labels_is_refused(tmp_path):
+    """A cache written before labels were checked (or edited) cannot smuggle them in."""
+    cfg = make_cfg(tmp_path, dataset="mnist1d", partition="iid")
+    build_federated_data(cfg, seed=0)
+    with np.load(cache_path(cfg, 0)) as z:
+        arrays = dict(z)
+    arrays["y"] = arrays["y"] + 10
+    np.savez(cache_path(cfg, 0), **arrays)
+    with pytest.raises(DataError, match="outside its 10 classes"):
+        build_federated_data(cfg, seed=0)
 
 
 # ---------------------------------------------------------------- errors (nothing cached)

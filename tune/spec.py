@@ -8,6 +8,7 @@ Validation resolves one experiment config per search-space key and bound through
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from pflalign.config import Config, load_config, parse_overrides, read_yaml, to_dict
+from pflalign.config import NAME_RE, SEED_MAX, Config, load_config, parse_overrides, read_yaml, to_dict
 from pflalign.errors import ConfigError
 
 # What a sweep may select on: validation metrics only (val_acc_last10: mean of the last 10
@@ -77,12 +79,21 @@ def parse_distribution(key: str, spec: Any) -> tuple[str, list]:
         if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
             raise ConfigError(f"sweep space '{key}': {name} takes one non-empty list, e.g. {name}([a, b])")
         return name, args
-    numbers = len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    numbers = len(args) == 2 and all(_is_number(a) for a in args)
     if not numbers or not args[0] < args[1] or (name == "loguniform" and args[0] <= 0) \
             or (name == "randint" and not all(isinstance(a, int) for a in args)):
         need = {"uniform": "lo < hi", "loguniform": "0 < lo < hi", "randint": "integers lo < hi"}[name]
-        raise ConfigError(f"sweep space '{key}': {name}(lo, hi) needs {need}, got {spec!r}")
+        raise ConfigError(f"sweep space '{key}': {name}(lo, hi) needs {need} (finite numbers), got {spec!r}")
     return name, args
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (bool is an int to Python, but never a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def bounds(name: str, args: list) -> list:
@@ -133,13 +144,20 @@ def _absolute(cfg: Config) -> None:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read and validate a sweep file; ``sweep.KEY=VALUE`` overrides sweep keys, others the base."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
     raw = OmegaConf.to_container(read_yaml(path))
     sweep_over = [o[len("sweep."):] for o in overrides if o.startswith("sweep.")]
     if sweep_over:
-        raw = OmegaConf.to_container(OmegaConf.merge(raw, parse_overrides(sweep_over)))
-    unknown = sorted(set(raw) - KEYS)
+        try:
+            raw = OmegaConf.to_container(OmegaConf.merge(raw, parse_overrides(sweep_over)))
+        except (OmegaConfBaseException, TypeError, ValueError) as e:
+            raise ConfigError(f"cannot apply sweep overrides {' '.join(sweep_over)} to {path}: "
+                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    unknown = sorted(set(raw) - KEYS, key=str)
     if unknown:
         raise ConfigError(f"unknown sweep key '{unknown[0]}' in {path} (keys: {', '.join(sorted(KEYS))})")
+    _check_types(raw, path)
     config, base = raw.get("config"), raw.get("base") or {}
     if isinstance(base, str):  # `base: ../default.yaml` names a file
         config, base = base, {}
@@ -157,19 +175,48 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return sweep
 
 
+# sweep key -> (what it must be, test); None is "absent" for every key
+_TYPES = {
+    "name": ("a string", lambda v: isinstance(v, str)),
+    "config": ("a path (string) to a base config file", lambda v: isinstance(v, str) and bool(v.strip())),
+    "base": ("a mapping of config keys, or a config file path", lambda v: isinstance(v, (dict, str))),
+    "space": ("a mapping of config key -> distribution", lambda v: isinstance(v, dict)
+              and all(isinstance(k, str) for k in v)),
+    "metric": ("a string", lambda v: isinstance(v, str)),
+    "mode": ("max or min", lambda v: v in ("max", "min")),
+    "num_samples": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "seed": (f"an integer in 0..{SEED_MAX}", lambda v: _is_int(v) and 0 <= v <= SEED_MAX),
+    "fault_round": ("an integer >= 1 (testing) or null", lambda v: _is_int(v) and v >= 1),
+    "include_defaults": ("true or false", lambda v: isinstance(v, bool)),
+    "scheduler": ("a scheduler name or a mapping with name:", lambda v: isinstance(v, (str, dict))),
+    "resources": ("a mapping {cpus: >0, gpus: >=0}", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_types(raw: dict, path: Path) -> None:
+    """The shape of each sweep key, so a wrong type is one line naming the key, not a traceback."""
+    for key, (need, ok) in _TYPES.items():
+        if raw.get(key) is not None and not ok(raw[key]):
+            raise ConfigError(f"sweep {key} must be {need} (got {raw[key]!r}, in {path})")
+
+
 def _scheduler(spec: Any, rounds: int) -> dict:
     spec = {"name": spec} if isinstance(spec, str) else dict(spec or {})
     name = spec.pop("name", "asha")
     if name not in SCHEDULERS:
         raise ConfigError(f"sweep scheduler must be one of {', '.join(SCHEDULERS)} (got {name!r})")
-    bad = sorted(set(spec) - set(SCHEDULERS[name]))
+    bad = sorted(set(spec) - set(SCHEDULERS[name]), key=str)
     if bad:
         raise ConfigError(f"unknown key '{bad[0]}' for scheduler {name}")
     out = {"name": name, **SCHEDULERS[name], **spec}
     if name == "asha":
-        out["grace_period"] = min(int(out["grace_period"]), rounds)  # rounds, like ASHA's time_attr
-        if out["grace_period"] < 1 or out["reduction_factor"] <= 1:
-            raise ConfigError("asha needs grace_period >= 1 and reduction_factor > 1")
+        if not _is_int(out["grace_period"]) or out["grace_period"] < 1:
+            raise ConfigError(f"sweep scheduler grace_period must be an integer >= 1 (rounds), "
+                              f"got {out['grace_period']!r}")
+        if not _is_number(out["reduction_factor"]) or out["reduction_factor"] <= 1:
+            raise ConfigError(f"sweep scheduler reduction_factor must be a finite number > 1, "
+                              f"got {out['reduction_factor']!r}")
+        out["grace_period"] = min(out["grace_period"], rounds)  # rounds, like ASHA's time_attr
     return out
 
 
@@ -188,6 +235,9 @@ def validate(sweep: Sweep) -> None:
         reads = "reads the test split" if not sweep.metric.startswith(("val_", "global_val_")) else "is unknown"
         raise ConfigError(f"sweep metric '{sweep.metric}' {reads}: a sweep selects on validation "
                           f"({', '.join(VAL_METRICS)})")
+    if not NAME_RE.fullmatch(sweep.name) or sweep.name in (".", ".."):
+        raise ConfigError(f"sweep name {sweep.name!r} must be a single directory name of letters, digits and "
+                          f". _ - + = @ (not starting with . or -); set name: in the sweep file")
     if sweep.mode not in ("max", "min"):
         raise ConfigError(f"sweep mode must be max or min (got {sweep.mode!r})")
     if sweep.cfg.data.val_fraction <= 0:
@@ -198,7 +248,7 @@ def validate(sweep: Sweep) -> None:
     if not isinstance(sweep.include_defaults, bool):
         raise ConfigError(f"sweep include_defaults must be true or false (got {sweep.include_defaults!r})")
     res = sweep.resources
-    numbers = all(isinstance(v, (int, float)) and v >= 0 for v in res.values())
+    numbers = all(_is_number(v) and v >= 0 for v in res.values())
     if set(res) - {"cpus", "gpus"} or not numbers or not (res["cpus"] > 0 or res["gpus"] > 0):
         raise ConfigError(f"sweep resources must be {{cpus: >0, gpus: >=0}} (got {res})")
     if not sweep.space:

@@ -104,6 +104,17 @@ def _check_request(cfg: DataConfig, spec) -> None:
                         f"{cfg.min_samples} exceeds data.num_samples={cfg.num_samples}")
 
 
+def _check_raw(cfg: DataConfig, raw: RawDataset) -> None:
+    """Labels index the classes and there is one per sample; checked before the partition is
+    cached (or a cached one is used), since a bad label only crashes training rounds later."""
+    where = f"dataset {cfg.dataset}" + (f" (data.root={cfg.root})" if cfg.root else "")
+    if len(raw.x) != len(raw.y):
+        raise DataError(f"{where}: {len(raw.x)} samples but {len(raw.y)} labels")
+    if len(raw.y) and (int(raw.y.min()) < 0 or int(raw.y.max()) >= raw.num_classes):
+        raise DataError(f"{where}: labels span {int(raw.y.min())}..{int(raw.y.max())}, outside its "
+                        f"{raw.num_classes} classes (0..{raw.num_classes - 1})")
+
+
 def _partition(cfg: DataConfig, raw: RawDataset, rng: np.random.Generator) -> list[np.ndarray]:
     """Client index arrays into ``raw``; with ``data.max_samples`` only a seeded subset is dealt."""
     keep = np.arange(len(raw.y))
@@ -201,10 +212,12 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
             "cache_key": path.stem}
     cached = _load(path, cfg, s, spec)
     if cached is not None:
+        _check_raw(cfg, cached[0])
         log.info("data: loaded %s from cache %s", cfg.dataset, path)
         return _assemble(*cached, info, from_cache=True)
 
     raw = spec(cfg, s)
+    _check_raw(cfg, raw)
     parts = _partition(cfg, raw, np.random.default_rng([s % 2**64, _PARTITION_STREAM]))
     split_rng = np.random.default_rng([s % 2**64, _SPLIT_STREAM])
     splits = [split_client(p, cfg.test_fraction, cfg.val_fraction, split_rng, i)

@@ -86,6 +86,8 @@ def _root(cfg, name: str, default: Optional[str] = None) -> Path:
     if root is None:
         raise DataError(f"dataset {name} reads files: set data.root to their directory")
     path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DataError(f"data.root={path} is a file; dataset {name} reads a directory of files")
     if not path.is_dir() and not cfg.download:
         hint = "" if cfg.root is not None else \
             " (apt-get install dataset-fashion-mnist, or set data.root)"
@@ -95,14 +97,14 @@ def _root(cfg, name: str, default: Optional[str] = None) -> Path:
 
 def _idx_loader(name: str, default_root: Optional[str] = None):
     def load(cfg, seed: int) -> RawDataset:
-        x, y = files.load_idx(name, _root(cfg, name, default_root), bool(cfg.download))
+        x, y = files.load_idx(name, _root(cfg, name, default_root), bool(cfg.download), 10)
         return RawDataset(x, y, 10, (1, 28, 28))
     return load
 
 
 def _cifar_loader(name: str, num_classes: int):
     def load(cfg, seed: int) -> RawDataset:
-        x, y = files.load_cifar(name, _root(cfg, name), bool(cfg.download))
+        x, y = files.load_cifar(name, _root(cfg, name), bool(cfg.download), num_classes)
         return RawDataset(x, y, num_classes, (3, 32, 32))
     return load
 
