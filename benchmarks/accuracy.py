@@ -30,7 +30,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from callbacks import JsonlWriter
 from gradvar import collect as collect_gradvar
 from gradvar import summarize as summarize_gradvar
 from pflalign.algorithms import ALGORITHMS
@@ -99,10 +98,10 @@ def tune_method(method: str, algorithm: str, extra: list[str], base: list[str], 
     done = [p for p in sorted(sweeps_dir.glob(f"{method}-*/best.yaml"))
             if (p.parent / "sweep.yaml").read_text() == sweep.to_yaml()]
     if not done:
-        import ray
+        from pflalign.config import RayConfig
+        from pflalign.runtime.ray import connect
 
-        if not ray.is_initialized():
-            ray.init(num_cpus=args.jobs, include_dashboard=False, log_to_driver=False)
+        connect(RayConfig(local_cpus=args.jobs))  # no-op when Ray is up already
         outcome = run_sweep(sweep)
         if outcome.best is None:
             raise SystemExit(f"sweep {outcome.sweep_dir} did not finish: pflalign tune --resume it, then rerun")
@@ -151,7 +150,7 @@ def finished(cfg) -> bool:
 def run_one(cfg) -> None:
     """One test run; a diverged one (non-finite loss) is recorded, not fatal: it is a result."""
     try:
-        launch(cfg, lambda cfg, run_dir: [JsonlWriter(run_dir)])
+        launch(cfg, lambda cfg, run_dir: [])  # metrics.jsonl only
     except NonFiniteLossError as e:
         run_dir = Path(cfg.out_dir) / cfg.name
         (run_dir / DIVERGED).write_text(json.dumps({"label": cfg.label, "seed": cfg.seed, "error": str(e),

@@ -80,11 +80,10 @@ def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> l
     if ray_workers:
         import ray
 
-        from pflalign.runtime.ray import RayRuntime
+        from pflalign.config import RayConfig
+        from pflalign.runtime.ray import RayRuntime, connect
 
-        if not ray.is_initialized():
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                     _temp_dir="/tmp/pflalign-bench-ray", log_to_driver=False)
+        connect(RayConfig(local_cpus=os.cpu_count()))  # loopback only, owner-only files
         for n in ray_workers:
             cfg.ray.num_workers = n
             runtime = RayRuntime(cfg, data)

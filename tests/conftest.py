@@ -41,23 +41,26 @@ def run_cli(args: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """One local 2-CPU Ray instance for the session, on loopback, with its own temp dir and
-    HOME (Ray writes its auth token under $HOME/.ray): nothing is left behind."""
+    """One local 2-CPU Ray instance for the session, started as ``pflalign run runtime=ray`` starts
+    one (loopback only, owner-only files), with its own temp dir and HOME (Ray writes its auth
+    token under $HOME/.ray): nothing is left behind."""
+    import shutil
     import tempfile
 
     import ray
+
+    from pflalign.config import RayConfig
+    from pflalign.runtime.ray import connect
 
     home = tmp_path_factory.mktemp("ray-home")
     temp_dir = tempfile.mkdtemp(prefix="pfr-", dir="/tmp")  # short: Ray's unix sockets live here
     old_home = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
-             log_to_driver=False)
+    connect(RayConfig(local_cpus=2, temp_dir=temp_dir))
     try:
         yield ray
     finally:
         ray.shutdown()
         if old_home is not None:
             os.environ["HOME"] = old_home
-        import shutil
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,9 +1,11 @@
 """Ray runtime: a pool of ``ClientWorker`` actors, and a ``Driver`` actor running the round loop.
 
-Each actor holds ONE long-lived Lightning module and trainer; client state travels with the
-turn as an ObjectRef owned by the driver, so any actor can train any client, a dead actor
-loses nothing, and retrying its turn reproduces the result bit for bit. The global payload
-goes out once per round as one object of numpy buffers (zero-copy on the workers).
+Each actor holds ONE long-lived Lightning module and trainer and reads the client data from
+the on-disk data cache itself. A client's state travels with its turn as a handle (``store``):
+an ObjectRef owned by the driver (memory store) or a version of a file the worker reads and
+writes (disk store), so any actor can train any client, a dead actor loses nothing, and
+retrying its turn reproduces the result bit for bit. The global payload goes out once per
+round as one object of numpy buffers (zero-copy on the workers).
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import math
 import os
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import ray
@@ -22,10 +25,14 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..client import ClientWorker
-from ..errors import ConfigError
+from ..store import DiskIO, MemoryIO
+from ..errors import ConfigError, RunInterrupted, RunStopped
+
+if TYPE_CHECKING:
+    from ..config import RayConfig
 
 log = logging.getLogger("pflalign.ray")
-DEFAULT_TEMP_DIR = "/tmp/pflalign-ray"
+DEFAULT_TEMP_DIR = f"/tmp/pflalign-ray-{os.getuid()}"  # per user: another user's would be refused
 
 
 def to_numpy(obj: Any) -> Any:
@@ -49,10 +56,10 @@ def to_torch(obj: Any) -> Any:
 
 @ray.remote
 class WorkerActor:
-    def __init__(self, cfg, data):
+    def __init__(self, cfg, io):
         if ray.get_gpu_ids():
             cfg.train.accelerator = "gpu"
-        self.worker = ClientWorker(cfg, data)
+        self.worker = ClientWorker(cfg, None, io)  # its data: from the on-disk cache, not a pickled copy
 
     def train(self, client_id, rnd, payload, state, fault=False):
         if fault:
@@ -84,16 +91,15 @@ def pool_size(rc, num_clients: int) -> int:
 
 
 class RayRuntime:
-    def __init__(self, cfg, data):
-        self.cfg = cfg
-        self.num_workers = pool_size(cfg.ray, len(data.clients))
-        self.data_ref = ray.put(data)
+    def __init__(self, cfg, data, io: MemoryIO | DiskIO | None = None):
+        self.cfg, self.io = cfg, io or MemoryIO()
+        self.num_workers = pool_size(cfg.ray, data.num_clients)
         self.actors = [self._new_actor() for _ in range(self.num_workers)]
         self.fault_pending = cfg.ray.fault_round is not None
 
     def _new_actor(self):
         rc = self.cfg.ray
-        return WorkerActor.options(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus).remote(self.cfg, self.data_ref)
+        return WorkerActor.options(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus).remote(self.cfg, self.io)
 
     def _dispatch(self, method: str, rnd: int, payload: dict, jobs: list, num_returns: int) -> Iterator:
         """Run ``jobs`` on the pool (one in flight per actor); yield results in job order.
@@ -110,7 +116,8 @@ class RayRuntime:
             while queue and idle:
                 i, (cid, state) = queue.popleft()
                 a = idle.popleft()
-                fault = method == "train" and self.fault_pending and rnd == self.cfg.ray.fault_round
+                # fault_round counts from 1, like every round number users see (metrics.jsonl, logs)
+                fault = method == "train" and self.fault_pending and rnd + 1 == self.cfg.ray.fault_round
                 self.fault_pending &= not fault
                 args = (cid, rnd, payload_ref, state) + ((fault,) if method == "train" else ())
                 refs = getattr(self.actors[a], method).options(num_returns=num_returns).remote(*args)
@@ -135,14 +142,18 @@ class RayRuntime:
                 next_out += 1
 
     def train(self, rnd: int, payload: dict, jobs: list):
-        """Yields (upload, state ref) per client: the state stays in the object store."""
-        return self._dispatch("train", rnd, payload, jobs, 2)
+        """Yields (upload, state handle) per client. Memory store: the handle is a ref, the state
+        stays in the object store; disk store: the worker wrote the file, the handle is tiny."""
+        if self.io.kind == "memory":
+            return self._dispatch("train", rnd, payload, jobs, 2)
+        return self._dispatch("train", rnd, payload, jobs, 1)
 
     def evaluate(self, rnd: int, payload: dict, jobs: list) -> list:
         return list(self._dispatch("evaluate", rnd, payload, jobs, 1))
 
-    def fetch_states(self, states: list) -> list:
-        return [ray.get(s) if isinstance(s, ray.ObjectRef) else s for s in states]
+    def fetch_states(self, handles: list) -> list:
+        """Memory-store handles -> states, one at a time (a checkpoint fetches only changed ones)."""
+        return (ray.get(h) if isinstance(h, ray.ObjectRef) else h for h in handles)
 
     def close(self) -> None:
         for actor in self.actors:
@@ -154,39 +165,146 @@ class RayRuntime:
 class Driver:
     """Runs the whole experiment (round loop, aggregation, callbacks) inside the cluster."""
 
-    def run(self, cfg, callbacks, resume: str | None) -> str:
-        from ..experiment import run_experiment
+    def run(self, cfg, callbacks, run_dir: str, snapshot: dict | None) -> str:
+        from ..experiment import prepare, run_federation
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return str(run_experiment(cfg, callbacks, Path(resume) if resume else None))
+        return str(run_federation(cfg, prepare(cfg), Path(run_dir), snapshot, callbacks))
 
 
-def connect(rc) -> bool:
-    """Join ``ray.address``/``$RAY_ADDRESS`` or start a local instance; True if we started one."""
+# Ray's single-node switch (off by default on macOS/Windows). Off, services.get_node_ip_address()
+# is 127.0.0.1, so ray.init keeps _node_ip_address="127.0.0.1" (resolve_ip_for_localhost would
+# otherwise swap in the machine's external address), and with a node IP of exactly 127.0.0.1
+# gcs_server, raylet, workers, the agents, the dashboard and the metrics servers bind loopback.
+_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+RAY_SUBDIR = "ray"  # Ray's own temp dir inside ray.temp_dir: <temp_dir>/ray/session_latest
+
+
+def _token_path() -> Path:
+    """Where Ray 2.60 keeps this user's auth token (``$RAY_AUTH_TOKEN_PATH`` wins)."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` a directory of this user that nobody else can enter.
+
+    Ray 2.60 chmods its temp dir and the session, sockets, logs and runtime_resources dirs in it
+    to 0777 whenever one of its processes starts, every worker included (``Node._init_temp`` ->
+    ``try_make_directory_shared``), so those cannot stay owner-only; Ray's temp dir therefore
+    goes one level below ``path``, which Ray never touches. A ``path`` another user owns (e.g.
+    a pre-created ``/tmp/pflalign-ray``) could read or swap the instance's files: refused.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:  # a file, or a symlink to nowhere
+        raise ConfigError(f"ray.temp_dir={path} exists and is not a directory") from None
+    owners = {os.lstat(path).st_uid, os.stat(path).st_uid}  # the entry and, via a symlink, its target
+    foreign = owners - {os.getuid()}
+    if foreign:
+        raise ConfigError(f"ray.temp_dir={path} belongs to another user (uid {min(foreign)}); "
+                          "set ray.temp_dir to a directory of your own")
+    os.chmod(path, 0o700)
+
+
+def _umask_setter(mask: int) -> Callable[[], None]:
+    """A ``worker_process_setup_hook`` giving job workers (driver actor, client workers, Tune
+    trials) this process's umask back: what a run writes keeps the modes of ``runtime=local``,
+    and only Ray's own files (opened before the hook runs) stay under the instance's 077."""
+    def restore_umask() -> None:
+        os.umask(mask)
+
+    return restore_umask
+
+
+@contextmanager
+def _loopback_owner_only() -> Iterator[None]:
+    """Scope for ``ray.init`` of a local instance: it listens on 127.0.0.1 only, writes owner-only.
+
+    The processes ray.init spawns (gcs_server, raylet, then through the raylet the workers and
+    agents) inherit the env var and the umask and keep them after this scope restores both here.
+    They read ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when they import ray; this process imported ray
+    already, so its copy (``ray_constants.ENABLE_RAY_CLUSTER``) is switched for the same time.
+    umask 077 makes every file of the instance, and the auth token Ray generates, 0600.
+    """
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(_SINGLE_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_NODE_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    old_umask = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old_umask)
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_SINGLE_NODE_ENV, None)
+        else:
+            os.environ[_SINGLE_NODE_ENV] = old_env
+
+
+def connect(rc: RayConfig) -> bool:
+    """Join ``ray.address``/``$RAY_ADDRESS`` or start a local instance; True if we started one.
+
+    A local instance is for this user on this machine: every listener is on 127.0.0.1, its
+    temp dir is 0700, its files and the auth token are 0600. Token authentication stays as
+    Ray sets it (on by default for a local instance).
+    """
     if ray.is_initialized():
         return False
     address = rc.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return True
-    ray.init(num_cpus=rc.local_cpus, include_dashboard=rc.dashboard, _node_ip_address="127.0.0.1",
-             _temp_dir=rc.temp_dir or DEFAULT_TEMP_DIR, log_to_driver=True)
+    temp_dir = Path(rc.temp_dir or DEFAULT_TEMP_DIR).expanduser().absolute()
+    _private_dir(temp_dir)
+    token = _token_path()
+    if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
+        os.chmod(token, 0o600)  # one made earlier (`ray get-auth-token --generate`) is 0644
+    user_umask = os.umask(0o077)
+    os.umask(user_umask)
+    with _loopback_owner_only():
+        ray.init(num_cpus=rc.local_cpus, include_dashboard=rc.dashboard, _node_ip_address="127.0.0.1",
+                 _temp_dir=str(temp_dir / RAY_SUBDIR), log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": _umask_setter(user_umask)})
     return True
 
 
-def run_on_ray(cfg, callbacks, resume: Path | None = None) -> Path:
-    """The ``runtime=ray`` entry point: the driver actor runs on this node (its files land here)."""
+def _rounds_done(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def run_on_ray(cfg, callbacks, open_run: Callable[[], tuple[Path, dict | None]]) -> Path:
+    """The ``runtime=ray`` entry point: the driver actor runs on this node (its files land here).
+
+    ``open_run`` makes (or reopens) the run directory once the cluster is known to fit the
+    request, so a request it cannot serve leaves nothing behind.
+    """
+    from ..experiment import resume_hint
+
     started = connect(cfg.ray)
+    driver = None
     try:
         pool_size(cfg.ray, cfg.data.num_clients)  # fail fast, before any actor starts
+        run_dir, snapshot = open_run()
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         driver = Driver.options(scheduling_strategy=here).remote()
         try:
-            return Path(ray.get(driver.run.remote(cfg, callbacks, str(resume) if resume else None)))
+            return Path(ray.get(driver.run.remote(cfg, callbacks, str(run_dir), snapshot)))
         except RayTaskError as e:
             if isinstance(e.cause, Exception):
                 raise e.cause from None
             raise
+        except RayActorError as e:
+            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise RunStopped(f"the driver actor died at round {_rounds_done(run_dir) + 1} ({why}); "
+                             f"run dir {run_dir}; {resume_hint(run_dir)}") from None
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted at round {_rounds_done(run_dir) + 1}; {resume_hint(run_dir)}") from None
     finally:
+        if driver is not None:
+            ray.kill(driver, no_restart=True)  # on a shared cluster it would go on running
         if started:
             ray.shutdown()
