@@ -10,7 +10,6 @@ import argparse
 import shutil
 from pathlib import Path
 
-from callbacks import JsonlWriter
 from pflalign.compare import load_results, run_many, summary_table, write_table
 from pflalign.config import load_config
 
@@ -28,7 +27,7 @@ VARIANTS = {
 
 
 def files_only(cfg, run_dir):
-    return [JsonlWriter(run_dir)]
+    return []  # metrics.jsonl is always written; no progress bar or W&B
 
 
 def main() -> None:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .jsonl import JsonlWriter
 from .progress import ProgressBar
 
 
 def default_callbacks(cfg, run_dir: Path) -> list:
-    """What ``pflalign run`` attaches: files always, progress, and W&B unless disabled."""
-    cbs = [JsonlWriter(run_dir), ProgressBar(enabled=cfg.progress)]
+    """What ``pflalign run`` attaches besides metrics.jsonl (every run has it): progress, and W&B
+    unless disabled."""
+    cbs = [ProgressBar(enabled=cfg.progress)]
     if cfg.wandb.mode != "disabled":
         from .wandb import WandbLogger
         cbs.append(WandbLogger(cfg, run_dir))
     return cbs
 
 
-__all__ = ["JsonlWriter", "ProgressBar", "default_callbacks"]
+__all__ = ["ProgressBar", "default_callbacks"]

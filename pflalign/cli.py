@@ -1,15 +1,17 @@
 """``pflalign`` command line: the composition root (Ray, W&B and Tune are imported lazily).
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 anything else.
+Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C), 1 anything else
+(a run that stopped early says in one line why, and how to resume it).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from pathlib import Path
 
-from .errors import InputError, NonFiniteLossError
+from .errors import InputError, RunStopped
 
 LISTS = ("algorithms", "datasets", "models", "partitions", "keys")
 
@@ -60,12 +62,18 @@ def cmd_run(args) -> int:
     from callbacks import default_callbacks
 
     from .config import load_config
-    from .experiment import launch, load_run_config
+    from .experiment import finished_rounds, launch, load_run_config
 
     if args.resume:
         if args.config:
             raise InputError("--resume takes the run's own config.yaml; drop --config")
         cfg = load_run_config(Path(args.resume), args.overrides)
+        done = finished_rounds(Path(args.resume))
+        if done is not None and done >= cfg.rounds:
+            print(f"pflalign: {args.resume} already finished its {done} rounds; nothing to resume "
+                  f"(raise rounds=... to continue it)", file=sys.stderr)
+            print(args.resume)
+            return 0
     else:
         cfg = load_config(args.config, args.overrides)
     run_dir = launch(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
@@ -79,14 +87,29 @@ def cmd_compare(args) -> int:
     from callbacks import default_callbacks
 
     from .compare import load_results, run_many, summary_table, write_table
-    from .config import load_config
+    from .config import SEED_MAX, load_config
 
-    algorithms = [a for a in args.algorithms.split(",") if a]
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise InputError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
+    for flag, values, example in (("--algorithms", algorithms, "pflalign,fedavg_ft"), ("--seeds", seeds, "0,1,2")):
+        if not values:
+            raise InputError(f"{flag} needs at least one value, e.g. {example} (got '{getattr(args, flag[2:])}')")
+        if len(set(values)) < len(values):
+            raise InputError(f"{flag} lists {next(v for v in values if values.count(v) > 1)} twice")
+    if not all(0 <= s <= SEED_MAX for s in seeds):
+        raise InputError(f"--seeds: {next(s for s in seeds if not 0 <= s <= SEED_MAX)} is out of range "
+                         f"(seeds are integers 0..{SEED_MAX})")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1 (got {args.jobs})")
     base = load_config(args.config, args.overrides)  # validates shared keys once
+    if base.name is not None:
+        raise InputError("name cannot be set for compare: every run gets its own directory under out_dir/compare-<time>")
+    if base.label is not None and len(algorithms) > 1:
+        raise InputError("label would give every algorithm of the comparison the same row; drop it (labels default "
+                         "to the algorithm)")
     out = Path(base.out_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     # Validate every run's config before any starts (algo.* keys must fit each algorithm).
     cfgs = [load_config(args.config, [*args.overrides, f"algorithm={a}", f"seed={s}", f"out_dir={out}"])
@@ -124,6 +147,8 @@ def cmd_tune(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
+    if args.out is not None and not args.out.strip():
+        raise InputError("--out must name a directory (got an empty string)")
     out = write_report([Path(d) for d in args.dirs], Path(args.out) if args.out else None)
     print(out)
     return 0
@@ -158,11 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"pflalign: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
-        print(f"pflalign: stopped: {e} (the last good checkpoint is kept)", file=sys.stderr)
-        return 1
+    except RunStopped as e:
+        print(f"pflalign: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("pflalign: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
+        print("pflalign: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            traceback.print_exc()
+            return 1
+        print(f"pflalign: no space left on device (ENOSPC) writing {e.filename or 'a file'}", file=sys.stderr)
         return 1
     except Exception:  # noqa: BLE001 - the contract: anything else is exit 1 with its traceback
         traceback.print_exc()

@@ -23,6 +23,7 @@ from .algorithms.base import Params, Phase
 from .data import FederatedData, build_federated_data
 from .errors import NonFiniteLossError
 from .models import build_model
+from .store import DiskIO, MemoryIO
 
 
 def turn_seed(*keys: int) -> int:
@@ -126,8 +127,9 @@ class EpochBatches:
 class ClientWorker:
     """Runs client turns: train (returns the upload and the new client state) and evaluate."""
 
-    def __init__(self, cfg, data: FederatedData | None = None):
+    def __init__(self, cfg, data: FederatedData | None = None, io: MemoryIO | DiskIO | None = None):
         _quiet_lightning()
+        self.io = io or MemoryIO()
         torch.set_num_threads(cfg.train.num_threads)
         self.cfg = cfg
         self.data = data if data is not None else build_federated_data(cfg.data, cfg.seed)
@@ -153,8 +155,9 @@ class ClientWorker:
         self.module.turn = turn
         return turn
 
-    def train(self, client_id: int, rnd: int, payload: dict, state: dict) -> tuple[Upload, dict]:
-        turn = self._turn(client_id, rnd, payload, state, purpose=0)
+    def train(self, client_id: int, rnd: int, payload: dict, handle: Any) -> tuple[Upload, Any]:
+        """One turn from the client's state ``handle``; returns the upload and the new handle."""
+        turn = self._turn(client_id, rnd, payload, self.io.load(client_id, handle), purpose=0)
         self.algorithm.client_begin(self.module, turn)
         for phase in self.algorithm.local_phases(turn):
             turn.fit(phase)
@@ -162,7 +165,8 @@ class ClientWorker:
         stats, steps = data.pop("stats", {}), turn.scratch.get("loss_steps", 0)
         if steps:
             stats["train_loss"] = float(turn.scratch["loss_sum"]) / steps
-        return Upload(client_id, float(turn.num_train), {**data, "stats": stats}), turn.state
+        upload = Upload(client_id, float(turn.num_train), {**data, "stats": stats})
+        return upload, self.io.save(client_id, rnd + 1, turn.state)
 
     def _fit(self, turn: Turn, phase: Phase, seed: int) -> None:
         turn.phase = phase
@@ -175,9 +179,9 @@ class ClientWorker:
                                                                          self.cfg.train.batch_size, seed))
         self.algorithm.end_phase(self.module, turn)
 
-    def evaluate(self, client_id: int, rnd: int, payload: dict, state: dict) -> dict[str, Any]:
+    def evaluate(self, client_id: int, rnd: int, payload: dict, handle: Any) -> dict[str, Any]:
         """Personalized (and global) accuracy/loss on the client's test and validation splits."""
-        turn = self._turn(client_id, rnd, payload, state, purpose=2)
+        turn = self._turn(client_id, rnd, payload, self.io.load(client_id, handle), purpose=2)
         client = turn.data
         models = {"": self.algorithm.personalized_params(self.module, turn)}
         if self.algorithm.evaluates_global:

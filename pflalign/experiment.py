@@ -5,25 +5,34 @@ before the run directory exists, so bad input never leaves a half-written run be
 """
 from __future__ import annotations
 
+import json
+import logging
 import platform
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from omegaconf import OmegaConf
 
-from .checkpoint import Checkpointer, load_checkpoint, write_json, write_text
+from .checkpoint import (CHECKPOINT, Checkpointer, experiment_identity, load_checkpoint, load_history,
+                         remove_stale_temp_files, write_json, write_text)
 from .config import Config, load_config, to_dict
 from .data import build_federated_data
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteLossError, RunInterrupted
 from .federation import Federation
 from .models import build_model
+from .runlog import JsonlWriter, TimingLog
 from .runtime import build_runtime
+from .store import STATES, DiskIO, MemoryIO, choose_kind
 
+log = logging.getLogger(__name__)
 CallbackFactory = Callable[[Config, Path], Iterable[Any]]
 
 
@@ -50,6 +59,13 @@ def prepare(cfg: Config):
     return data
 
 
+def _check_free_name(cfg: Config, resume: Path | None) -> None:
+    """A named new run must not land on an existing one: refused before the data is built."""
+    if resume is None and cfg.name and (Path(cfg.out_dir) / cfg.name).exists():
+        path = Path(cfg.out_dir) / cfg.name
+        raise ConfigError(f"run directory {path} exists (use --resume {path} or another name)")
+
+
 def new_run_dir(cfg: Config) -> Path:
     name = cfg.name or f"{cfg.algorithm}-{cfg.data.dataset}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     parent = Path(cfg.out_dir)
@@ -65,47 +81,148 @@ def new_run_dir(cfg: Config) -> Path:
     raise ConfigError(f"cannot find a free run directory name under {parent}")
 
 
+def _first_difference(a: dict, b: dict) -> str | None:
+    return next((k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")), None)
+
+
 def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
+    """The run's config.yaml with the overrides a resume may apply (RESUMABLE; rounds only up)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
-    return load_config(path, overrides)
+    saved, cfg = load_config(path), load_config(path, overrides)
+    before, after = experiment_identity(saved), experiment_identity(cfg)
+    key = _first_difference(before, after)
+    if key is not None:
+        raise ConfigError(f"--resume cannot change '{key}' ({before.get(key)!r} -> {after.get(key)!r}): it changes "
+                          f"the experiment; a resume may change only rounds (upward), progress, checkpoint_every, "
+                          f"runtime, ray.*, wandb.*, experiment, label, data.cache_dir, state_store")
+    if cfg.rounds < saved.rounds:
+        raise ConfigError(f"--resume: rounds={cfg.rounds} is below the run's rounds={saved.rounds} (it can only grow)")
+    return cfg
 
 
-def run_experiment(cfg: Config, callbacks: CallbackFactory = lambda cfg, run_dir: (),
-                   resume: Path | None = None) -> Path:
-    """Run (or resume) one federation; returns the run directory."""
-    data = prepare(cfg)
-    snapshot = None
-    if resume is not None:
-        run_dir = Path(resume)
-        snapshot = load_checkpoint(run_dir)
-    else:
+def finished_rounds(run_dir: Path) -> int | None:
+    """Rounds of a finished run (its results.json), None when it has not finished."""
+    try:
+        return int(json.loads((Path(run_dir) / "results.json").read_text())["rounds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def open_run(cfg: Config, data, resume: Path | None = None) -> tuple[Path, dict | None]:
+    """The run directory (a new one, or ``resume``) and the checkpoint to continue from.
+
+    On resume the checkpoint must be readable and of this experiment; only then are the
+    allowed config changes written, so a refused resume leaves the directory as it was.
+    """
+    if resume is None:
         run_dir = new_run_dir(cfg)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
         write_json(run_dir / "partition.json", data.summary())
-    runtime = build_runtime(cfg, data)
+        return run_dir, None
+    run_dir = Path(resume)
+    snapshot = load_checkpoint(run_dir)
+    if snapshot is not None:
+        now = experiment_identity(cfg)
+        key = _first_difference(snapshot["config"], now)
+        if key is not None:
+            raise ConfigError(f"--resume: {run_dir / 'config.yaml'} no longer matches {run_dir / CHECKPOINT}: "
+                              f"'{key}' is {now.get(key)!r} there, {snapshot['config'].get(key)!r} in the checkpoint")
+        if len(snapshot["versions"]) != data.num_clients:
+            raise ConfigError(f"--resume: {run_dir / CHECKPOINT} has {len(snapshot['versions'])} clients, the data "
+                              f"{data.num_clients}")
+        snapshot["history"] = load_history(run_dir, snapshot["round"])
+    for stale in remove_stale_temp_files(run_dir):
+        log.info("removed %s, left by an interrupted write", stale)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    if not (run_dir / "partition.json").exists():
+        write_json(run_dir / "partition.json", data.summary())
+    return run_dir, snapshot
+
+
+def resume_hint(run_dir: Path) -> str:
+    return f"resume with: pflalign run --resume {run_dir}"
+
+
+class _Interrupt(BaseException):
+    """SIGINT during a local run. Not a KeyboardInterrupt: Lightning's fit turns those into a
+    silent ``sys.exit(1)``; other exceptions it re-raises."""
+
+
+@contextmanager
+def _sigint_raises_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Interrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def state_io(cfg: Config, data, run_dir: Path) -> MemoryIO | DiskIO:
+    """Where this run keeps client states (``state_store``; ``auto`` sizes them first)."""
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    kind = choose_kind(cfg.state_store, data.num_clients, model_bytes)
+    return DiskIO(Path(run_dir) / STATES) if kind == "disk" else MemoryIO()
+
+
+def run_federation(cfg: Config, data, run_dir: Path, snapshot: dict | None,
+                   callbacks: CallbackFactory = lambda cfg, run_dir: ()) -> Path:
+    """Run the round loop in this process from ``snapshot`` (None: round 0); writes results.json."""
+    io = state_io(cfg, data, run_dir)
+    runtime = build_runtime(cfg, data, io)
+    metrics = JsonlWriter(run_dir)
+    checkpointer = Checkpointer(run_dir, cfg.checkpoint_every, snapshot["round"] if snapshot else None)
     start = time.perf_counter()
     try:
-        fed = Federation(cfg, data, runtime, [*callbacks(cfg, run_dir), Checkpointer(run_dir, cfg.checkpoint_every)])
+        fed = Federation(cfg, data, runtime, [metrics, checkpointer, TimingLog(run_dir), *callbacks(cfg, run_dir)],
+                         state_dir=Path(run_dir) / STATES)
         if snapshot is not None:
-            fed.load_state_dict(snapshot)
-        results = fed.run()
+            fed.restore(snapshot, snapshot["history"])
+        with _sigint_raises_interrupt():
+            results = fed.run()
+    except _Interrupt:
+        raise RunInterrupted(f"interrupted at round {fed.round + 1}; {resume_hint(run_dir)}") from None
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e}; {checkpointer.kept()}") from None
     finally:
+        metrics.close()
         runtime.close()
     write_json(run_dir / "results.json", {
         "algorithm": cfg.algorithm, "label": cfg.label or cfg.algorithm, "seed": cfg.seed, "experiment": cfg.experiment, **results,
         "rounds": fed.round, "wall_time_s": round(time.perf_counter() - start, 3),
-        "resumed_from_round": snapshot["round"] if snapshot else None,
+        "resumed_from_round": snapshot["round"] if snapshot else None, "state_store": io.kind,
+        "evaluated": cfg.eval_clients if cfg.eval_clients != "subset" else f"subset of {cfg.eval_subset}",
         "versions": versions(), "command": " ".join(sys.argv), "config": to_dict(cfg)})
     return run_dir
 
 
-def launch(cfg: Config, callbacks: CallbackFactory, resume: Path | None = None) -> Path:
-    """Run where ``cfg.runtime`` says: in this process, or in a driver actor on Ray."""
-    if cfg.runtime == "ray":
-        prepare(cfg)  # bad input fails here, before Ray starts
-        from .runtime.ray import run_on_ray
+def run_experiment(cfg: Config, callbacks: CallbackFactory = lambda cfg, run_dir: (),
+                   resume: Path | None = None) -> Path:
+    """Run (or resume) one federation in this process; returns the run directory."""
+    _check_free_name(cfg, resume)
+    data = prepare(cfg)
+    run_dir, snapshot = open_run(cfg, data, resume)
+    return run_federation(cfg, data, run_dir, snapshot, callbacks)
 
-        return run_on_ray(cfg, callbacks, resume)
-    return run_experiment(cfg, callbacks, resume)
+
+def launch(cfg: Config, callbacks: CallbackFactory, resume: Path | None = None) -> Path:
+    """Run where ``cfg.runtime`` says: in this process, or in a driver actor on Ray.
+
+    The data, the run directory and a resumed checkpoint are checked here, before Ray starts.
+    """
+    if cfg.runtime != "ray":
+        return run_experiment(cfg, callbacks, resume)
+    _check_free_name(cfg, resume)
+    data = prepare(cfg)
+    from .runtime.ray import run_on_ray
+
+    return run_on_ray(cfg, callbacks, lambda: open_run(cfg, data, resume))

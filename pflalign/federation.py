@@ -1,12 +1,15 @@
 """The round loop: sample -> dispatch -> aggregate -> evaluate -> callbacks -> checkpoint.
 
-The federation owns the global model, the algorithm's server state and every client's
-persistent state; the runtime only executes turns. Client sampling uses a stream derived
-from (seed, round), so every algorithm with the same seed sees the same clients each round
-and a resumed run needs no saved RNG state.
+The federation owns the global model, the algorithm's server state and a handle to every
+client's persistent state (``store.ClientStates``: the states themselves live in memory or in
+per-client files that the workers read and write); the runtime only executes turns. Client
+sampling uses a stream derived from (seed, round), so every algorithm with the same seed sees
+the same clients each round and a resumed run needs no saved RNG state.
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -16,24 +19,31 @@ from .algorithms import build_algorithm
 from .client import turn_seed
 from .metrics import final_results, summarize
 from .models import build_model
+from .store import ClientStates
 
-SAMPLING = 7  # purpose tag of the sampling stream in turn_seed
+SAMPLING, EVAL_SUBSET = 7, 8  # purpose tags of streams in turn_seed
 
 
 class Federation:
-    def __init__(self, cfg, data, runtime, callbacks: Iterable[Any] = ()):
+    def __init__(self, cfg, data, runtime, callbacks: Iterable[Any] = (), state_dir: Path | None = None):
         self.cfg, self.data, self.runtime, self.callbacks = cfg, data, runtime, list(callbacks)
         self.algorithm = build_algorithm(cfg)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.input_shape, data.num_classes)
         self.global_params = {k: p.detach().clone() for k, p in model.named_parameters()}
         self.server_state = self.algorithm.init_server_state(self.global_params, data.train_sizes().tolist())
-        self.client_states: list[Any] = [{} for _ in data.clients]
+        self.states = ClientStates(runtime.io, data.num_clients, state_dir or getattr(runtime.io, "root", None))
         self.history: list[dict] = []
+        self.timing: dict = {}  # the last round's wall times (train_s, eval_s, checkpoint_s, ...)
         self.round = 0  # rounds completed
 
+    @property
+    def client_states(self) -> list[dict]:
+        """Every client's state, loaded (tests and debugging of small runs)."""
+        return [self.states.io.load(c, h) for c, h in enumerate(self.states.handles)]
+
     def sample(self, rnd: int) -> list[int]:
-        n = len(self.client_states)
+        n = self.data.num_clients
         k = max(1, round(self.cfg.client_fraction * n))
         if k == n:
             return list(range(n))
@@ -43,16 +53,29 @@ class Federation:
     def _is_eval_round(self, rnd: int) -> bool:
         return (rnd + 1) % self.cfg.eval_every == 0 or rnd + 1 == self.cfg.rounds
 
+    def eval_clients(self, sampled: list[int]) -> list[int]:
+        """Who is evaluated (``eval_clients``): everyone, this round's sampled clients, or a fixed
+        seeded subset of ``eval_subset`` clients."""
+        n, how = self.data.num_clients, self.cfg.eval_clients
+        if how == "sampled":
+            return sampled
+        if how == "subset" and self.cfg.eval_subset < n:
+            rng = np.random.default_rng(turn_seed(self.cfg.seed, EVAL_SUBSET))
+            return sorted(int(c) for c in rng.choice(n, size=self.cfg.eval_subset, replace=False))
+        return list(range(n))
+
     def step(self, rnd: int) -> dict:
-        """One round; returns its metrics record."""
+        """One round; returns its metrics record (wall times go to ``self.timing``, not the record:
+        the record is the same on every rerun)."""
+        start = time.perf_counter()
         clients = self.sample(rnd)
         payload = self.algorithm.payload(self.global_params, self.server_state)
-        results = self.runtime.train(rnd, payload, [(c, self.client_states[c]) for c in clients])
+        results = self.runtime.train(rnd, payload, self.states.jobs(clients))
         client_stats: list[dict] = []
 
         def uploads():  # in client order, as the runtime delivers them: aggregation streams
-            for upload, state in results:
-                self.client_states[upload.client_id] = state
+            for upload, handle in results:
+                self.states.update(upload.client_id, rnd + 1, handle)
                 client_stats.append(upload.data.pop("stats", {}))
                 yield upload
 
@@ -63,10 +86,16 @@ class Federation:
             pass
         stats = self.algorithm.round_stats(client_stats)
         record = {"round": rnd + 1, "clients": len(clients), **stats}
+        self.timing = {"round": rnd + 1, "train_s": time.perf_counter() - start}
         if self._is_eval_round(rnd):
+            start = time.perf_counter()
             payload = self.algorithm.payload(self.global_params, self.server_state)
-            evals = self.runtime.evaluate(rnd, payload, list(enumerate(self.client_states)))
+            evaluated = self.eval_clients(clients)
+            evals = self.runtime.evaluate(rnd, payload, self.states.jobs(evaluated))
             record.update(summarize(evals))
+            if self.cfg.eval_clients != "all":  # never mistaken for an evaluation of everyone
+                record["eval_clients"] = len(evaluated)
+            self.timing["eval_s"] = time.perf_counter() - start
         return record
 
     def run(self) -> dict:
@@ -84,11 +113,8 @@ class Federation:
         return results
 
     # ---- checkpointing -----------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """A consistent snapshot: everything the next round depends on."""
-        return {"round": self.round, "global": self.global_params, "server": self.server_state,
-                "clients": self.runtime.fetch_states(self.client_states), "history": self.history}
-
-    def load_state_dict(self, snap: dict) -> None:
-        self.round, self.global_params = snap["round"], snap["global"]
-        self.server_state, self.client_states, self.history = snap["server"], snap["clients"], snap["history"]
+    def restore(self, snap: dict, history: list[dict]) -> None:
+        """Continue from a checkpoint (``checkpoint.load_checkpoint``) and the history of its rounds."""
+        self.round, self.global_params, self.server_state = snap["round"], snap["global"], snap["server"]
+        self.states.restore(snap["versions"])
+        self.history = history

@@ -67,7 +67,7 @@ def test_fedala_learns_weights_in_unit_interval_on_top_layers(tiny):
     assert all("W" not in s for s in fed.client_states)  # no local model yet: ALA is skipped
     fed.step(1)
     worker, algo = fed.runtime.worker, fed.runtime.worker.algorithm
-    for cid, state in enumerate(fed.client_states):
+    for state in fed.client_states:
         W = state["W"]
         assert list(W) == ["head.weight", "head.bias"]  # layer_idx=2: the top two tensors
         flat = torch.cat([w.reshape(-1) for w in W.values()])

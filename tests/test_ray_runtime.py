@@ -17,10 +17,12 @@ def jsonl(run_dir):
 def test_ray_equals_local_even_when_a_worker_dies(ray_tiny):
     local = run_cli(ray_tiny + ["name=local"])
     on_ray = run_cli(ray_tiny + ["name=ray", "runtime=ray"])
-    faulty = run_cli(ray_tiny + ["name=faulty", "runtime=ray", "ray.fault_round=1"])
+    faulty = run_cli(ray_tiny + ["name=faulty", "runtime=ray", "ray.fault_round=2"])
+    on_disk = run_cli(ray_tiny + ["name=disk", "runtime=ray", "state_store=disk", "ray.fault_round=2"])
     assert "acc" in jsonl(local)
     assert jsonl(on_ray) == jsonl(local)
     assert jsonl(faulty) == jsonl(local)
+    assert jsonl(on_disk) == jsonl(local)
 
 
 def test_resume_on_ray_matches_uninterrupted(ray_tiny):

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pflalign.checkpoint import CHECKPOINT
+from pflalign.checkpoint import copy_checkpoint
 from pflalign.config import load_config
 
 from .spec import nest
@@ -57,24 +57,23 @@ class FaultOnce:
 
 
 def _restore(run_dir: Path) -> Path | None:
-    """Tune's checkpoint of this trial -> the run dir's checkpoint.pt; None = start fresh."""
+    """Tune's checkpoint of this trial -> the run dir's checkpoint files; None = start fresh."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         shutil.rmtree(run_dir, ignore_errors=True)  # a trial restarted from scratch
         return None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # whatever ran after that checkpoint is replayed
+    run_dir.mkdir(parents=True)
     with checkpoint.as_directory() as d:
-        shutil.copyfile(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
+        copy_checkpoint(Path(d), run_dir)
     return run_dir
 
 
 def _abandon(callbacks: list, error: BaseException) -> None:
     """Close what on_run_end would have closed: ASHA stops a trial by SystemExit in tune.report."""
     for cb in callbacks:
-        if getattr(cb, "file", None) is not None:
-            cb.file.close()  # JsonlWriter
         if getattr(cb, "run", None) is not None:
             cb.run.finish(exit_code=0 if isinstance(error, SystemExit) else 1)  # WandbLogger
 
@@ -99,7 +98,7 @@ def run_trial(params: dict, *, base: dict, sweep_dir: str, experiment: str, env:
     if ray.get_gpu_ids():
         cfg.train.accelerator = "gpu"
     resume = _restore(trials_dir / trial_id)
-    reporter = TuneReporter(cfg.checkpoint_every, cfg.rounds)
+    reporter = TuneReporter(trials_dir / trial_id, cfg.checkpoint_every, cfg.rounds)
     made: list = []
 
     def callbacks(cfg, run_dir):
@@ -109,12 +108,12 @@ def run_trial(params: dict, *, base: dict, sweep_dir: str, experiment: str, env:
         return made
 
     try:
-        run_dir = run_experiment(cfg, callbacks, resume=resume)
+        run_experiment(cfg, callbacks, resume=resume)
     except BaseException as e:
         _abandon(made, e)
         raise
     else:
-        reporter.report_final(run_dir)  # after results.json: Tune may end the thread in here
+        reporter.report_final()  # after results.json: Tune may end the thread in here
     finally:
         if "wandb" in sys.modules:  # stop W&B's service now: at actor exit Ray kills it first
             sys.modules["wandb"].teardown()

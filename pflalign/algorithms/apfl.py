@@ -63,7 +63,7 @@ class APFL(Algorithm):
         sc, phase, cfg = turn.scratch, turn.phase, module.train_cfg
         *gv, galpha = sc.pop("mix_grads")
         lr = phase.lr if phase.lr is not None else cfg.lr
-        for (k, v), g in zip(sc["v"].items(), gv):
+        for v, g in zip(sc["v"].values(), gv):
             v.sub_(g + cfg.weight_decay * v, alpha=lr)
         if self.hp.adapt_alpha:
             alpha_lr = self.hp.alpha_lr if self.hp.alpha_lr is not None else lr

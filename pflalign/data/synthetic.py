@@ -24,7 +24,7 @@ def generate(num_clients: int, num_samples: int, alpha: float, beta: float, sigm
     sizes = lognormal_sizes(num_samples, num_clients, sigma, min_samples, rng)
     cov_diag = np.arange(1, DIM + 1, dtype=np.float64) ** -1.2
     xs, ys, clients, start = [], [], [], 0
-    for k, n_k in enumerate(sizes):
+    for n_k in sizes:
         u = rng.normal(0.0, alpha)
         W = rng.normal(u, 1.0, (DIM, NUM_CLASSES))
         b = rng.normal(u, 1.0, NUM_CLASSES)
