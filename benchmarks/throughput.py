@@ -1,19 +1,28 @@
-"""Throughput: framework overhead, round time vs number of Ray workers, memory per worker.
+"""Throughput: framework overhead per client turn and per round, start-up, memory per worker.
 
-Per-round wall time of pflalign (local runtime, and Ray with 1..N worker actors) against a bare
-PyTorch loop doing the same local steps (same clients, same batches, same model) plus the same
-weighted average; FedAvg, evaluation off, 1 torch thread per worker; RSS of each worker actor.
+FedAvg on the same clients, batches and model, 1 torch thread per worker, median of --rounds
+rounds after a warm-up. Reference loops in one process:
+- bare: a plain PyTorch loop doing the same local steps on the same batches (in-memory batches
+  by index, as pflalign makes them), then the same weighted average, then evaluation;
+- PFLlib-style: per-client DataLoader(TensorDataset, shuffle=True) with per-sample collate and
+  a model copy per turn, the way PFLlib's clients train (training only).
+"train" is local training (with the streaming average, for pflalign); "round" adds the
+evaluation of every client. Start-up: a fresh `pflalign run` process to the end of round 1.
 
     python benchmarks/throughput.py                   # mlp (MNIST-1D) and cnn (Fashion-MNIST if installed)
     python benchmarks/throughput.py --workloads mlp --rounds 5 --ray-workers 1,2
 
-Prints a markdown table and writes it to benchmarks/results/throughput.md.
+Prints markdown tables and writes them to benchmarks/results/throughput.md.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +45,8 @@ WORKLOADS = {
 }
 
 
-def bare_round(cfg, data, model, global_params, rnd: int) -> dict:
-    """One FedAvg round written directly in PyTorch, with the framework's batch order."""
+def bare_train(cfg, data, model, global_params, rnd: int) -> list:
+    """Every client's local steps written directly in PyTorch, with the framework's batch order."""
     updates = []
     for cid, client in enumerate(data.clients):
         with torch.no_grad():
@@ -50,12 +59,47 @@ def bare_round(cfg, data, model, global_params, rnd: int) -> dict:
             F.cross_entropy(model(x), y).backward()
             opt.step()
         updates.append(({k: p.detach() - global_params[k] for k, p in model.named_parameters()}, len(client.train_y)))
-    mean = weighted_mean(updates)
-    return {k: global_params[k] + mean[k] for k in global_params}
+    return updates
+
+
+@torch.no_grad()
+def bare_evaluate(data, model, params) -> list[float]:
+    for k, p in model.named_parameters():
+        p.copy_(params[k])
+    model.eval()
+    accs = [float((model(c.test_x).argmax(1) == c.test_y).float().mean()) for c in data.clients]
+    model.train()
+    return accs
+
+
+def bare_round(cfg, data, model, global_params, rnd: int) -> dict:
+    """Train, average, evaluate every client: the whole FedAvg round as plain PyTorch."""
+    mean = weighted_mean(bare_train(cfg, data, model, global_params, rnd))
+    new = {k: global_params[k] + mean[k] for k in global_params}
+    bare_evaluate(data, model, new)
+    return new
+
+
+def pfllib_train(cfg, data, model, global_params, rnd: int) -> None:
+    """PFLlib's client loop: a model copy per client, a DataLoader over a TensorDataset with
+    shuffle and per-sample collate, the same number of steps."""
+    for cid, client in enumerate(data.clients):
+        local = copy.deepcopy(model)
+        with torch.no_grad():
+            for k, p in local.named_parameters():
+                p.copy_(global_params[k])
+        opt = torch.optim.SGD(local.parameters(), lr=cfg.train.lr)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(client.train_x, client.train_y),
+                                             batch_size=cfg.train.batch_size, shuffle=True, drop_last=False,
+                                             generator=torch.Generator().manual_seed(turn_seed(cfg.seed, cid, rnd)))
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(local(x), y).backward()
+            opt.step()
 
 
 def timed(fn, rounds: int) -> float:
-    fn(0)  # warm-up (Trainer setup, allocator, actor start)
+    fn(0)  # warm-up (allocator, actor start)
     times = []
     for r in range(1, rounds + 1):
         t = time.perf_counter()
@@ -64,19 +108,42 @@ def timed(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
+def timed_fed(fed, rounds: int) -> tuple[float, float]:
+    """Median (train, whole round) seconds of a Federation's steps; evaluation every round."""
+    fed.step(0)
+    train, whole = [], []
+    for r in range(1, rounds + 1):
+        t = time.perf_counter()
+        fed.step(r)
+        whole.append(time.perf_counter() - t)
+        train.append(fed.timing["train_s"])
+    return statistics.median(train), statistics.median(whole)
+
+
+def startup(workload: list[str], runtime: str, cache_dir: str) -> float:
+    """Seconds from a fresh `pflalign run` process to the end of round 1 (rounds=1, evaluated)."""
+    out = tempfile.mkdtemp(prefix="pfl-startup-")
+    args = [*workload, "algorithm=fedavg", "rounds=1", "wandb.mode=disabled", "progress=false",
+            f"data.cache_dir={cache_dir}", f"runtime={runtime}", f"out_dir={out}", "ray.local_cpus=2"]
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pflalign.cli", "run", *args], check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
 def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> list[dict]:
-    cfg = load_config(None, [*WORKLOADS[name], "algorithm=fedavg", f"eval_every={10 ** 6}", "rounds=1000000",
+    cfg = load_config(None, [*WORKLOADS[name], "algorithm=fedavg", "eval_every=1", "rounds=1000000",
                              "wandb.mode=disabled", f"data.cache_dir={cache_dir}", "train.num_threads=1"])
     data = prepare(cfg)
     torch.set_num_threads(1)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
     steps = sum(-(-len(c.train_y) // cfg.train.batch_size) for c in data.clients)
-    bare = timed(lambda r: bare_round(cfg, data, model, params, r), rounds)
-    rows = [{"workload": name, "runner": "bare PyTorch loop", "round_s": bare, "steps": steps}]
-
-    fed = Federation(cfg, data, LocalRuntime(cfg, data))
-    rows.append({"workload": name, "runner": "pflalign local", "round_s": timed(fed.step, rounds), "steps": steps})
+    row = {"workload": name, "steps": steps}
+    rows = [{**row, "runner": "bare PyTorch loop", "train_s": timed(lambda r: bare_train(cfg, data, model, params, r), rounds),
+             "round_s": timed(lambda r: bare_round(cfg, data, model, params, r), rounds)},
+            {**row, "runner": "PFLlib-style loop", "train_s": timed(lambda r: pfllib_train(cfg, data, model, params, r), rounds)}]
+    train, whole = timed_fed(Federation(cfg, data, LocalRuntime(cfg, data)), rounds)
+    rows.append({**row, "runner": "pflalign local", "train_s": train, "round_s": whole})
     if ray_workers:
         import ray
 
@@ -87,15 +154,18 @@ def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> l
         for n in ray_workers:
             cfg.ray.num_workers = n
             runtime = RayRuntime(cfg, data)
-            fed = Federation(cfg, data, runtime)
-            t = timed(fed.step, rounds)
-            rss = ray.get([a.__ray_call__.remote(lambda self: __import__("psutil").Process().memory_info().rss)
-                           for a in runtime.actors])
+            train, whole = timed_fed(Federation(cfg, data, runtime), rounds)
+            rss = ray.get([a.__ray_call__.remote(lambda self: int(open("/proc/self/statm").read().split()[1])
+                                                 * os.sysconf("SC_PAGE_SIZE")) for a in runtime.actors])
             runtime.close()
-            rows.append({"workload": name, "runner": f"pflalign ray, {n} worker(s)", "round_s": t, "steps": steps,
+            rows.append({**row, "runner": f"pflalign ray, {n} worker(s)", "train_s": train, "round_s": whole,
                          "worker_rss_mb": sum(rss) / len(rss) / 2 ** 20})
-    for row in rows:
-        row["ratio"] = row["round_s"] / bare
+        ray.shutdown()
+    bare = rows[0]
+    for r in rows:
+        r["train_ratio"] = r["train_s"] / bare["train_s"]
+        if "round_s" in r:
+            r["round_ratio"] = r["round_s"] / bare["round_s"]
     return rows
 
 
@@ -106,6 +176,8 @@ def main() -> None:
     ap.add_argument("--ray-workers", default="1,2", help="comma-separated pool sizes; empty to skip Ray")
     ap.add_argument("--cache-dir", default="~/.cache/pflalign")
     ap.add_argument("--out", default="benchmarks/results/throughput.md")
+    ap.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time a fresh process to the end of round 1")
     args = ap.parse_args()
     workers = [int(n) for n in args.ray_workers.split(",") if n]
     rows = []
@@ -114,11 +186,17 @@ def main() -> None:
             print("skipping cnn: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
             continue
         rows += measure(name, args.rounds, workers, args.cache_dir)
-    lines = ["| workload | runner | steps/round | round time (s, median) | vs bare | worker RSS (MB) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| workload | runner | steps/round | train (s) | vs bare | round incl. eval (s) | vs bare | worker RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rss = f"{r['worker_rss_mb']:.0f}" if "worker_rss_mb" in r else ""
-        lines.append(f"| {r['workload']} | {r['runner']} | {r['steps']} | {r['round_s']:.3f} | {r['ratio']:.2f}x | {rss} |")
+        whole = f"{r['round_s']:.3f} | {r['round_ratio']:.2f}x" if "round_s" in r else " | "
+        lines.append(f"| {r['workload']} | {r['runner']} | {r['steps']} | {r['train_s']:.3f} | {r['train_ratio']:.2f}x "
+                     f"| {whole} | {rss} |")
+    if args.startup:
+        lines += ["", "| start-up to the end of round 1 (mlp, fresh process) | seconds |", "|---|---:|"]
+        for runtime in ("local", "ray"):
+            lines.append(f"| pflalign {runtime} | {startup(WORKLOADS['mlp'], runtime, args.cache_dir):.1f} |")
     table = "\n".join(lines)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Client-side execution: a long-lived Lightning ``ClientModule`` driven by a ``ClientWorker``.
 
-One worker (in-process, or one per Ray actor) holds ONE module and ONE Trainer for the whole
-run and swaps clients in and out of it: a client's persistent state travels with its turn, so
-any worker can train any client and the result depends only on the turn's inputs.
+One worker (in-process, or one per Ray actor) holds ONE module, set up once with Lightning
+Fabric, for the whole run and swaps clients in and out of it: a client's persistent state
+travels with its turn, so any worker can train any client and the result depends only on the
+turn's inputs.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric import Fabric
 from lightning.pytorch.plugins.environments import LightningEnvironment
 import numpy as np
 import torch
@@ -55,9 +57,8 @@ class ClientModule(pl.LightningModule):
             p.copy_(params[k])
 
     def training_step(self, minibatches, batch_idx):
-        # One Lightning step = one local epoch (see EpochBatches), manual optimization inside:
-        # Lightning's fixed per-step bookkeeping is paid once per epoch, not once per minibatch,
-        # and the hooks run at explicit points.
+        # One training_step = one local epoch (the worker passes the epoch's minibatches), manual
+        # optimization inside: the algorithm's hooks run at explicit points of every minibatch.
         opt, turn = self.optimizers(), self.turn
         epoch_loss = 0.0
         for batch in minibatches:
@@ -110,20 +111,6 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> tor
     return torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler)
 
 
-class EpochBatches:
-    """A train "dataloader" whose every epoch is a single item: the list of that epoch's
-    shuffled minibatches (the client's tensors are already in memory)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
-        self.loader = batches(x, y, batch_size, seed)
-
-    def __iter__(self):
-        yield list(self.loader)
-
-    def __len__(self) -> int:
-        return 1
-
-
 class ClientWorker:
     """Runs client turns: train (returns the upload and the new client state) and evaluate."""
 
@@ -136,12 +123,13 @@ class ClientWorker:
         self.algorithm = build_algorithm(cfg)
         model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
         self.module = ClientModule(model, self.algorithm, cfg.train, self.data.num_classes)
-        self.trainer = pl.Trainer(
-            accelerator=cfg.train.accelerator, devices=1, max_epochs=0, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, deterministic=False,
-            # Not a SLURM/torchrun task even inside one: no requeue signal handlers in workers.
-            plugins=[LightningEnvironment()])
+        # Lightning Fabric drives the LightningModule: its hooks run at the same fixed points as
+        # under a Trainer, without a Trainer.fit per turn (setup, teardown, device moves, loops):
+        # framework bookkeeping is paid once per worker, not once per turn.
+        self.fabric = Fabric(accelerator=cfg.train.accelerator, devices=1, precision="32-true",
+                             # Not a SLURM/torchrun task even inside one: no requeue signal handlers.
+                             plugins=[LightningEnvironment()])
+        self.fabric.setup_module(self.module)
 
     def _turn(self, client_id: int, rnd: int, payload: dict, state: dict, purpose: int) -> Turn:
         seed = turn_seed(self.cfg.seed, client_id, rnd, purpose)
@@ -173,10 +161,11 @@ class ClientWorker:
         epochs = phase.epochs if phase.epochs is not None else self.cfg.train.local_epochs
         self.algorithm.begin_phase(self.module, turn)
         if epochs > 0:
-            client = turn.data
-            self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
-            self.trainer.fit(self.module, train_dataloaders=EpochBatches(client.train_x, client.train_y,
-                                                                         self.cfg.train.batch_size, seed))
+            client, to_device = turn.data, self.fabric.to_device
+            self.module._fabric_optimizers = [self.fabric.setup_optimizers(self.module.configure_optimizers())]
+            loader = batches(client.train_x, client.train_y, self.cfg.train.batch_size, seed)
+            for epoch in range(epochs):  # one training_step = one local epoch (see ClientModule)
+                self.module.training_step([to_device(b) for b in loader], epoch)
         self.algorithm.end_phase(self.module, turn)
 
     def evaluate(self, client_id: int, rnd: int, payload: dict, handle: Any) -> dict[str, Any]:
@@ -188,6 +177,9 @@ class ClientWorker:
             models["global_"] = payload["global"]
         out: dict[str, Any] = {"client": client_id, "n_test": len(client.test_y), "n_val": len(client.val_y)}
         for prefix, params in models.items():
+            if prefix and params is models[""]:  # the personalized model is the global one: evaluated once
+                out.update({prefix + k: out[k] for k in ("acc", "loss", "val_acc", "val_loss") if k in out})
+                continue
             out[prefix + "acc"], out[prefix + "loss"] = self.module.evaluate(params, client.test_x, client.test_y)
             if len(client.val_y):
                 out[prefix + "val_acc"], out[prefix + "val_loss"] = self.module.evaluate(params, client.val_x, client.val_y)

@@ -25,9 +25,10 @@ class FedAvgFT(Algorithm):
         if not self.hp.persistent_momentum:
             return
         turn.state["s"] = turn.state.get("s", 0) + 1
-        for name, p in module.model.named_parameters():
-            if p.grad is not None:
-                p.grad = update_moments(turn.state, name, p.grad, self.hp.b1, None)[0]
+        named = [(k, p) for k, p in module.model.named_parameters() if p.grad is not None]
+        mh, _ = update_moments(turn.state, [k for k, _ in named], [p.grad for _, p in named], self.hp.b1, None)
+        for (_, p), h in zip(named, mh):
+            p.grad = h
 
     def client_end(self, module, turn: Turn) -> dict:
         turn.state["theta"] = module.params()

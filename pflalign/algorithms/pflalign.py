@@ -46,13 +46,35 @@ class PFLAlignHparams:
     diag_batches: int = option(8, "random minibatches per gradient-variance measurement", lo=1)
 
 
+def preconditioners(kind: str, mh: list[torch.Tensor], vh: list[torch.Tensor], kappa: float, pmax: float,
+                    rho_p: float) -> list[torch.Tensor]:
+    """The multiplicative preconditioner P of each tensor (mean ~1 for snr and rms).
+
+    The default (snr) runs as multi-tensor operations over all tensors at once; only the
+    per-tensor means are a loop.
+    """
+    if kind != "snr":
+        return [_preconditioner(kind, m, v, kappa, pmax, rho_p) for m, v in zip(mh, vh)]
+    mh2 = torch._foreach_mul(mh, mh)
+    var = torch._foreach_sub(vh, mh2)
+    torch._foreach_clamp_min_(var, 0)
+    den = torch._foreach_add(mh2, torch._foreach_mul(var, kappa))
+    torch._foreach_add_(den, 1e-30)
+    r = torch._foreach_div(mh2, den)
+    for t in r:
+        t.div_(t.mean() + 1e-12)
+    torch._foreach_clamp_max_(r, pmax)
+    return r
+
+
 def preconditioner(kind: str, mh: torch.Tensor, vh: torch.Tensor, kappa: float, pmax: float,
                    rho_p: float) -> torch.Tensor:
-    """The multiplicative preconditioner P of one tensor (mean ~1 for snr and rms)."""
-    if kind == "snr":
-        var = (vh - mh * mh).clamp_min(0)
-        r = mh * mh / (mh * mh + kappa * var + 1e-30)
-        return (r / (r.mean() + 1e-12)).clamp_max(pmax)
+    """P of one tensor."""
+    return preconditioners(kind, [mh], [vh], kappa, pmax, rho_p)[0]
+
+
+def _preconditioner(kind: str, mh: torch.Tensor, vh: torch.Tensor, kappa: float, pmax: float,
+                    rho_p: float) -> torch.Tensor:
     if kind == "var":
         var = (vh - mh * mh).clamp_min(0)
         return rho_p / (var / (var.mean() + 1e-30) + rho_p)
@@ -104,21 +126,24 @@ class PFLAlign(Algorithm):
         sc["steps"] += 1
         if hp.m1:
             turn.state["s"] += 1
-        for name, p in module.model.named_parameters():
-            g = p.grad
-            if g is None:
-                continue
-            if "d" in sc and name in sc["d"]:
-                sc["gsum"][name] = sc["gsum"].get(name, 0) + g
-            if hp.m1:
-                mh, vh = update_moments(turn.state, name, g, hp.b1, hp.b2)
-                P = preconditioner(hp.precond, mh, vh, hp.kappa, hp.pmax, hp.rho_p)
-                h = mh if hp.direction == "momentum" else g
+        named = [(k, p) for k, p in module.model.named_parameters() if p.grad is not None]
+        names, grads = [k for k, _ in named], [p.grad for _, p in named]
+        if "d" in sc:  # the round's gradient sum, for the gate step
+            gated = [(k, g) for k, g in zip(names, grads) if k in sc["d"]]
+            if sc["gsum"]:
+                torch._foreach_add_([sc["gsum"][k] for k, _ in gated], [g for _, g in gated])
             else:
-                P, h = 1.0, g
-            if hp.mu:
-                h = h + hp.mu * (p.detach() - w[name])
-            p.grad = P * h
+                sc["gsum"] = dict(zip([k for k, _ in gated], torch._foreach_add([g for _, g in gated], 0)))
+        if hp.m1:
+            mh, vh = update_moments(turn.state, names, grads, hp.b1, hp.b2)
+            P = preconditioners(hp.precond, mh, vh, hp.kappa, hp.pmax, hp.rho_p)
+            h = mh if hp.direction == "momentum" else grads
+        else:
+            P, h = None, grads
+        if hp.mu:
+            h = [hi + hp.mu * (p.detach() - w[k]) for hi, (k, p) in zip(h, named)]
+        for (_, p), g in zip(named, torch._foreach_mul(P, h) if P is not None else h):
+            p.grad = g
 
     def client_end(self, module, turn: Turn) -> dict:
         hp, sc, end = self.hp, turn.scratch, module.params()
@@ -147,8 +172,9 @@ class PFLAlign(Algorithm):
         if not hp.m1 or not s:
             return None
         m, v = turn.state["m"], turn.state["v"]
-        return {k: preconditioner(hp.precond, m[k] / (1 - hp.b1 ** s), v[k] / (1 - hp.b2 ** s),
-                                  hp.kappa, hp.pmax, hp.rho_p) for k in m}
+        P = preconditioners(hp.precond, torch._foreach_div(list(m.values()), 1 - hp.b1 ** s),
+                            torch._foreach_div([v[k] for k in m], 1 - hp.b2 ** s), hp.kappa, hp.pmax, hp.rho_p)
+        return dict(zip(m, P))
 
     def personalized_params(self, module, turn: Turn) -> Params:
         return turn.state.get("theta", turn.payload["global"])
