@@ -138,3 +138,26 @@ def test_numeric_looking_trial_ids_stay_text_in_the_table():
 
     md = table_markdown(pd.DataFrame({"trial": ["12345_00000", "12345_00001"], "val_acc": [0.5, 0.25]}))
     assert md.splitlines()[0].startswith("| trial ") and "| 12345_00000 |" in md
+
+
+@pytest.mark.parametrize("exposure", ["group-writable", "symlink"])
+def test_resume_refuses_a_sweep_others_could_have_written(tmp_path, capsys, exposure):
+    """Tune unpickles its state on restore: a sweep dir someone else can write is refused first."""
+    import os
+
+    from tune.runner import check_only_mine
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.yaml").write_text("name: x\n")
+    marker = tmp_path / "pwned"
+    (sweep_dir / "tuner.pkl").write_bytes(
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")  # a pickle that runs a command
+    check_only_mine(sweep_dir)  # private: passes
+    if exposure == "group-writable":
+        os.chmod(sweep_dir / "tuner.pkl", 0o664)
+    else:
+        (sweep_dir / "link").symlink_to("/etc/passwd")
+    code, _, err = _main(["tune", "--resume", str(sweep_dir)])
+    assert code == 2 and err.count("\n") == 1 and "--resume:" in err and "chmod -R go-w" in err, err
+    assert not marker.exists()

@@ -95,9 +95,28 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None) -> Outcome:
     return finish(sweep, sweep_dir, grid)
 
 
+def check_only_mine(root: Path) -> None:
+    """Refuse a sweep directory that someone else could have written to.
+
+    Ray Tune restores a sweep by unpickling its own state (tuner.pkl, the experiment state, the
+    trials' params.pkl): a pickle runs code. pflalign's own files are never pickles, but Tune's
+    are, so, as ssh does with its keys, ``--resume`` goes on only when every file and directory
+    of the sweep is yours and not writable by group or others.
+    """
+    me = os.geteuid()
+    for p in [Path(root), *Path(root).rglob("*")]:
+        st = p.lstat()
+        if p.is_symlink() or st.st_uid != me or st.st_mode & 0o022:
+            why = ("is a symlink" if p.is_symlink() else "belongs to another user" if st.st_uid != me
+                   else "is writable by group or others")
+            raise ConfigError(f"--resume: {p} {why}; Ray Tune unpickles this sweep's state, so only a sweep that "
+                              f"nobody else can write is resumed (fix with: chmod -R go-w {root})")
+
+
 def resume_sweep(sweep_dir: Path) -> Outcome:
     if not (Path(sweep_dir) / "sweep.yaml").is_file() or not (Path(sweep_dir) / "tuner.pkl").is_file():
         raise ConfigError(f"--resume: {sweep_dir} is not a sweep directory (no sweep.yaml/tuner.pkl)")
+    check_only_mine(Path(sweep_dir))
     return run_sweep(load_sweep(Path(sweep_dir) / "sweep.yaml"), Path(sweep_dir))
 
 
