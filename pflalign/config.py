@@ -235,7 +235,7 @@ def check_names(cfg: Config) -> None:
         raise ConfigError(f"unknown model.name '{cfg.model.name}' (choose from {', '.join(MODELS)})")
 
 
-def _check_dir(key: str, value: str) -> None:
+def check_dir(key: str, value: str) -> None:
     """``value`` is a directory, or can be created: its nearest existing ancestor is a writable directory."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -263,7 +263,7 @@ def check_paths(cfg: Config) -> None:
         if value is not None:
             if "\0" in value:
                 raise ConfigError(f"{key} must be a path without NUL characters, got {value!r}")
-            _check_dir(key, value)
+            check_dir(key, value)
 
 
 def resolve_wandb_mode(cfg: Config) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .compare import load_results, read_json, read_results, summary_table
+from .config import check_dir
 from .checkpoint import write_text
 from .errors import InputError
 
@@ -43,17 +44,6 @@ def find_runs(dirs: list[Path]) -> tuple[list[Path], int]:
     if not runs:
         raise InputError(f"report: no finished runs (results.json) under {', '.join(map(str, dirs))}")
     return list(dict.fromkeys(runs)), skipped
-
-
-def check_out(out: Path) -> None:
-    """The output directory exists or can be created (checked before anything is written)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"report --out {out} is an existing file; it must be a directory")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"report --out {out} cannot be created: {parent} is not a directory")
 
 
 def read_config(run_dir: Path, results: dict) -> dict:
@@ -205,7 +195,7 @@ def write_report(dirs: list[Path], out: Path | None = None) -> Path:
     """report.md, report.csv (table), runs.csv (one row per run) and PNGs into ``out``."""
     run_dirs, skipped = find_runs(dirs)
     out = out or (dirs[0] if len(dirs) == 1 else Path.cwd() / "report")
-    check_out(out)
+    check_dir("report --out", str(out))
     df = load_results(run_dirs)
     configs = [read_config(d, read_results(d)) for d in run_dirs]
     df["setting"], common = settings(configs)
