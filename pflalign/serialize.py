@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -36,14 +38,16 @@ def umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Replace ``path`` with ``data`` all at once: a crash leaves the old file or the new one."""
+@contextmanager
+def atomic_file(path: Path, fsync: bool = True) -> Iterator[BinaryIO]:
+    """A file that replaces ``path`` all at once when the block ends without an error: a crash
+    leaves the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would ignore the user's umask
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -53,6 +57,11 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
         if isinstance(e, OSError) and e.filename is None:
             e.filename = str(path)  # so "no space left" can say where
         raise
+
+
+def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+    with atomic_file(path, fsync) as f:
+        f.write(data)
 
 
 def _encode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:

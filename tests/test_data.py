@@ -479,3 +479,17 @@ def test_max_samples_partitions_a_seeded_subset_of_a_file_dataset(tmp_path):
     assert int(full.train_sizes().sum()) > int(fd.train_sizes().sum())
     with pytest.raises(DataError, match="data.max_samples"):
         build_federated_data(make_cfg(tmp_path, dataset="digits", max_samples=100), seed=0)
+
+
+def test_clients_are_slices_of_one_memory_mapped_cache_file(tmp_path):
+    """Every process that loads the data (the run, each Ray worker) maps the same file."""
+    cfg = make_cfg(tmp_path, dataset="digits", partition="iid")
+    x_file = cache_path(cfg, 0).with_suffix(".x.npy")
+    for data in (build_federated_data(cfg, seed=0), build_federated_data(cfg, seed=0)):  # built, then cached
+        flat = torch.cat([t for c in data.clients for t in (c.train_x, c.val_x, c.test_x)])
+        assert torch.equal(flat, torch.from_numpy(np.load(x_file)))
+        maps = [line.split() for line in open("/proc/self/maps")]
+        for c in data.clients:  # the tensor's memory is a mapping of the cache file, not a copy
+            ptr = c.train_x.data_ptr()
+            owner = next(m for m in maps if int(m[0].split("-")[0], 16) <= ptr < int(m[0].split("-")[1], 16))
+            assert owner[-1] == str(x_file.resolve())

@@ -2,9 +2,12 @@
 
 Everything is a function of the data config and one seed, through separate
 ``np.random.default_rng`` streams (generation, partition, split), so changing e.g. the split
-never changes the partition. The cache holds the per-client index arrays (plus x for generated
-datasets; file datasets are re-read, which is fast and keeps the cache small) in one .npz named
-by a hash of the config fields and the seed, written atomically so parallel runs can share it.
+never changes the partition. The cache, named by a hash of the config fields and the seed and
+written atomically so parallel runs can share it, is ``<key>.npz`` (labels and each client's
+indices) and ``<key>.x.npy`` (x in client order). Every process that needs the data (the run,
+each Ray worker) memory-maps that x: the clients' tensors are slices of it, its pages are
+shared, and no worker gets a pickled copy. File datasets are still re-read to check that the
+files are the ones the cache indexed.
 """
 from __future__ import annotations
 
@@ -12,8 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,13 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError
 from . import partition as P
+from ..serialize import atomic_file
 from .containers import SPLITS, ClientData, FederatedData
 from .datasets import DATASETS, RawDataset, get_dataset
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: x in client order in <key>.x.npy, memory-mapped
 _NOT_HASHED = ("cache_dir", "download", "seed")
 # Fields that only some datasets read: hashed for those alone, so adding them kept the cache
 # keys (and caches) of every other dataset unchanged.
@@ -108,7 +110,7 @@ def _check_raw(cfg: DataConfig, raw: RawDataset) -> None:
     """Labels index the classes and there is one per sample; checked before the partition is
     cached (or a cached one is used), since a bad label only crashes training rounds later."""
     where = f"dataset {cfg.dataset}" + (f" (data.root={cfg.root})" if cfg.root else "")
-    if len(raw.x) != len(raw.y):
+    if raw.x is not None and len(raw.x) != len(raw.y):
         raise DataError(f"{where}: {len(raw.x)} samples but {len(raw.y)} labels")
     if len(raw.y) and (int(raw.y.min()) < 0 or int(raw.y.max()) >= raw.num_classes):
         raise DataError(f"{where}: labels span {int(raw.y.min())}..{int(raw.y.max())}, outside its "
@@ -139,67 +141,74 @@ def _partition(cfg: DataConfig, raw: RawDataset, rng: np.random.Generator) -> li
     return [keep[p] for p in parts]
 
 
-def _assemble(raw: RawDataset, splits: list[dict[str, np.ndarray]], info: dict,
+def _x_path(path: Path) -> Path:
+    return path.with_suffix(".x.npy")
+
+
+def _assemble(raw: RawDataset, splits: list[dict[str, np.ndarray]], x: np.ndarray, info: dict,
               from_cache: bool) -> FederatedData:
+    """Clients whose x are consecutive slices of ``x`` (the cache's client-ordered, memory-mapped
+    array: processes that load the same data share its pages) and whose y are their own."""
     if raw.client_names is not None and info.get("partition") == "natural":
         info = {**info, "client_names": list(raw.client_names)}
-    def take(ix):
-        return torch.from_numpy(raw.x[ix]), torch.from_numpy(raw.y[ix])
-
-    clients = []
+    clients, at = [], 0
     for s in splits:
-        (trx, try_), (vx, vy), (tex, tey) = (take(s[name]) for name in SPLITS)
-        clients.append(ClientData(trx, try_, vx, vy, tex, tey))
+        parts = []
+        for name in SPLITS:
+            n = len(s[name])
+            parts += [torch.from_numpy(x[at:at + n]), torch.from_numpy(raw.y[s[name]])]
+            at += n
+        clients.append(ClientData(*parts))
     return FederatedData(clients, int(raw.num_classes), tuple(int(d) for d in raw.input_shape),
                          info=info, from_cache=from_cache)
 
 
-def _save(path: Path, raw: RawDataset, splits, keep_x: bool) -> None:
+def _save(path: Path, raw: RawDataset, splits) -> None:
+    """``<key>.x.npy``: x in client order (each client's train, val, test); then ``<key>.npz``
+    (labels, shape, each client's indices), whose presence marks a complete cache entry."""
     arrays = {"y": raw.y, "num_classes": np.int64(raw.num_classes),
               "input_shape": np.asarray(raw.input_shape, dtype=np.int64)}
-    if keep_x:
-        arrays["x"] = raw.x
     for s in SPLITS:
         parts = [c[s].astype(np.int64) for c in splits]
         arrays[f"{s}_idx"] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         arrays[f"{s}_off"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    order = np.concatenate([c[s] for c in splits for s in SPLITS]).astype(np.int64)
+    with atomic_file(_x_path(path), fsync=False) as f:
+        np.save(f, np.ascontiguousarray(raw.x[order]))
+    with atomic_file(path, fsync=False) as f:
+        np.savez(f, **arrays)
 
 
 def _load(path: Path, cfg: DataConfig, seed: int, spec):
-    """(raw, splits) from the cache, or None when absent, unreadable or stale."""
-    if not path.is_file():
+    """(raw, splits, client-ordered x) from the cache, or None when absent, unreadable or stale.
+    ``raw.x`` is None for generated datasets: their x is only in the cache."""
+    if not path.is_file() or not _x_path(path).is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             y = z["y"]
-            x = z["x"] if "x" in z.files else None
             meta = int(z["num_classes"]), tuple(int(d) for d in z["input_shape"])
             splits = [{} for _ in range(len(z["train_off"]) - 1)]
             for s in SPLITS:
                 idx, off = z[f"{s}_idx"], z[f"{s}_off"]
                 for i, c in enumerate(splits):
                     c[s] = idx[off[i]:off[i + 1]]
+        x = np.load(_x_path(path), mmap_mode="c", allow_pickle=False)  # copy-on-write: never writes back
     except Exception as e:  # truncated or foreign file: rebuild it
         log.warning("data cache %s unreadable (%s); rebuilding", path, e)
         return None
-    if x is None:  # file dataset: re-read the files, check they are the ones indexed
+    if x.shape != (sum(len(c[s]) for c in splits for s in SPLITS), *meta[1]):
+        log.warning("data cache %s does not match its x file; rebuilding", path)
+        return None
+    if spec.generated:
+        raw = RawDataset(None, y, *meta)
+    else:  # file dataset: re-read the files, check they are the ones indexed
         raw = spec(cfg, seed)
         if not np.array_equal(raw.y, y):
             log.warning("data cache %s does not match the files in data.root; rebuilding", path)
             return None
-    else:
-        raw = RawDataset(x, y, *meta)
-    return raw, splits
+    return raw, splits, x
 
 
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
@@ -222,7 +231,7 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     split_rng = np.random.default_rng([s % 2**64, _SPLIT_STREAM])
     splits = [split_client(p, cfg.test_fraction, cfg.val_fraction, split_rng, i)
               for i, p in enumerate(parts)]
-    _save(path, raw, splits, keep_x=spec.generated)
+    _save(path, raw, splits)
     log.info("data: built %s/%s for %d clients, cached at %s", cfg.dataset, cfg.partition,
              len(splits), path)
-    return _assemble(raw, splits, info, from_cache=False)
+    return _assemble(raw, splits, np.load(_x_path(path), mmap_mode="c"), info, from_cache=False)
