@@ -139,7 +139,10 @@ class ClientWorker:
         client = self.data.clients[client_id]
         turn = Turn(client_id, rnd, payload, state, num_train=len(client.train_y), data=client)
         fits = itertools.count()  # each phase of the turn gets its own batch-order stream
-        turn.fit = lambda phase: self._fit(turn, phase, turn_seed(self.cfg.seed, client_id, rnd, purpose, 1, next(fits)))
+        # No reference to ``turn`` in here: a turn -> fit -> turn cycle would keep every turn's
+        # state alive until the cyclic garbage collector ran (hundreds of MB at 10,000 clients).
+        turn.fit = lambda phase: self._fit(self.module.turn, phase,
+                                           turn_seed(self.cfg.seed, client_id, rnd, purpose, 1, next(fits)))
         self.module.turn = turn
         return turn
 
