@@ -33,6 +33,7 @@ import yaml
 from gradvar import collect as collect_gradvar
 from gradvar import summarize as summarize_gradvar
 from pflalign.algorithms import ALGORITHMS
+from pflalign.checkpoint import experiment_identity, identity_of
 from pflalign.compare import load_results, summary_table
 from pflalign.config import load_config, to_dict
 from pflalign.errors import NonFiniteLossError
@@ -138,11 +139,21 @@ def setting_configs(name: str, args) -> tuple[list, pd.DataFrame]:
     return cfgs, tuning
 
 
+def same_experiment(saved: dict, cfg) -> bool:
+    """``saved`` (a results.json config) is ``cfg``'s experiment: the same keys that decide the
+    numbers, where keys added to pflalign since it ran count as their defaults."""
+    now = experiment_identity(cfg)
+    defaults = experiment_identity(load_config(None, [f"algorithm={cfg.algorithm}"]))
+    old = identity_of(json.loads(json.dumps(saved)))
+    return saved.get("rounds") == cfg.rounds and \
+        all(old.get(k, defaults.get(k)) == json.loads(json.dumps(v)) for k, v in now.items())
+
+
 def finished(cfg) -> bool:
-    """A run of exactly this config has finished (or diverged) under its name."""
+    """A run of this config has finished (or diverged) under its name."""
     for record in ("results.json", DIVERGED):
         path = Path(cfg.out_dir) / cfg.name / record
-        if path.is_file() and json.loads(path.read_text())["config"] == json.loads(json.dumps(to_dict(cfg))):
+        if path.is_file() and same_experiment(json.loads(path.read_text())["config"], cfg):
             return True
     return False
 

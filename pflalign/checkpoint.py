@@ -45,7 +45,12 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def experiment_identity(cfg) -> dict:
     """The dotted config keys that determine a run's numbers (all but the RESUMABLE ones)."""
-    return {k: v for k, v in _flat(to_dict(cfg)).items()
+    return identity_of(to_dict(cfg))
+
+
+def identity_of(config: dict) -> dict:
+    """``experiment_identity`` of a config already turned into a dict (e.g. read from results.json)."""
+    return {k: v for k, v in _flat(config).items()
             if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)}
 
 
