@@ -21,7 +21,7 @@ from typing import Any
 from .config import to_dict
 from .errors import InputError, RunStopped
 from .serialize import atomic_write, load_tree, save_tree
-from .store import STATES
+from .store import STATES, state_file
 
 CHECKPOINT = "checkpoint.json"
 FORMAT = 2
@@ -31,6 +31,7 @@ METRICS = "metrics.jsonl"
 # Everything else defines the numbers, so changing it mid-run would splice two experiments.
 RESUMABLE = ("rounds", "progress", "checkpoint_every", "runtime", "ray.", "wandb.", "experiment", "label",
              "data.cache_dir", "state_store")
+RESUMABLE_TEXT = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -113,9 +114,9 @@ def load_checkpoint(run_dir: Path) -> dict | None:
     if not ok:
         raise InputError(f"cannot read checkpoint {path}: not a pflalign checkpoint of format {FORMAT}")
     for c, v in enumerate(manifest["versions"]):
-        if v is not None and not (run_dir / STATES / f"{c}.{v}.safetensors").is_file():
+        if v is not None and not state_file(run_dir / STATES, c, v).is_file():
             raise InputError(f"cannot resume from {path}: the state file it names, "
-                             f"{run_dir / STATES / f'{c}.{v}.safetensors'}, is missing")
+                             f"{state_file(run_dir / STATES, c, v)}, is missing")
     tree = load_tree(run_dir / manifest["server"])
     if not isinstance(tree, dict) or not {"global", "server"} <= set(tree):
         raise InputError(f"cannot read checkpoint {run_dir / manifest['server']}: not a pflalign server file")
@@ -139,7 +140,7 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
     """The files of the run's current checkpoint (relative paths), metrics.jsonl included."""
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / CHECKPOINT).read_text())
-    states = [Path(STATES) / f"{c}.{v}.safetensors" for c, v in enumerate(manifest["versions"]) if v is not None]
+    states = [state_file(Path(STATES), c, v) for c, v in enumerate(manifest["versions"]) if v is not None]
     return [Path(CHECKPOINT), Path(manifest["server"]), Path(METRICS), *states]
 
 

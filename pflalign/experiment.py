@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from omegaconf import OmegaConf
 
-from .checkpoint import (CHECKPOINT, Checkpointer, experiment_identity, load_checkpoint, load_history,
+from .checkpoint import (CHECKPOINT, RESUMABLE_TEXT, Checkpointer, experiment_identity, load_checkpoint, load_history,
                          remove_stale_temp_files, write_json, write_text)
 from .config import Config, load_config, to_dict
 from .data import build_federated_data
@@ -59,11 +59,14 @@ def prepare(cfg: Config):
     return data
 
 
+def _taken(path: Path) -> ConfigError:
+    return ConfigError(f"run directory {path} exists (use --resume {path} or another name)")
+
+
 def _check_free_name(cfg: Config, resume: Path | None) -> None:
     """A named new run must not land on an existing one: refused before the data is built."""
     if resume is None and cfg.name and (Path(cfg.out_dir) / cfg.name).exists():
-        path = Path(cfg.out_dir) / cfg.name
-        raise ConfigError(f"run directory {path} exists (use --resume {path} or another name)")
+        raise _taken(Path(cfg.out_dir) / cfg.name)
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -76,8 +79,8 @@ def new_run_dir(cfg: Config) -> Path:
             path.mkdir()
             return path
         except FileExistsError:
-            if cfg.name:
-                raise ConfigError(f"run directory {path} exists (use --resume {path} or another name)") from None
+            if cfg.name:  # made by another process since _check_free_name
+                raise _taken(path) from None
     raise ConfigError(f"cannot find a free run directory name under {parent}")
 
 
@@ -95,8 +98,7 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     key = _first_difference(before, after)
     if key is not None:
         raise ConfigError(f"--resume cannot change '{key}' ({before.get(key)!r} -> {after.get(key)!r}): it changes "
-                          f"the experiment; a resume may change only rounds (upward), progress, checkpoint_every, "
-                          f"runtime, ray.*, wandb.*, experiment, label, data.cache_dir, state_store")
+                          f"the experiment; a resume may change only {RESUMABLE_TEXT} (rounds only upward)")
     if cfg.rounds < saved.rounds:
         raise ConfigError(f"--resume: rounds={cfg.rounds} is below the run's rounds={saved.rounds} (it can only grow)")
     return cfg
@@ -110,6 +112,10 @@ def finished_rounds(run_dir: Path) -> int | None:
         return None
 
 
+def _write_config(run_dir: Path, cfg: Config) -> None:
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+
+
 def open_run(cfg: Config, data, resume: Path | None = None) -> tuple[Path, dict | None]:
     """The run directory (a new one, or ``resume``) and the checkpoint to continue from.
 
@@ -118,7 +124,7 @@ def open_run(cfg: Config, data, resume: Path | None = None) -> tuple[Path, dict 
     """
     if resume is None:
         run_dir = new_run_dir(cfg)
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+        _write_config(run_dir, cfg)
         write_json(run_dir / "partition.json", data.summary())
         return run_dir, None
     run_dir = Path(resume)
@@ -135,7 +141,7 @@ def open_run(cfg: Config, data, resume: Path | None = None) -> tuple[Path, dict 
         snapshot["history"] = load_history(run_dir, snapshot["round"])
     for stale in remove_stale_temp_files(run_dir):
         log.info("removed %s, left by an interrupted write", stale)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    _write_config(run_dir, cfg)
     if not (run_dir / "partition.json").exists():
         write_json(run_dir / "partition.json", data.summary())
     return run_dir, snapshot
@@ -186,7 +192,7 @@ def run_federation(cfg: Config, data, run_dir: Path, snapshot: dict | None,
         fed = Federation(cfg, data, runtime, [metrics, checkpointer, TimingLog(run_dir), *callbacks(cfg, run_dir)],
                          state_dir=Path(run_dir) / STATES)
         if snapshot is not None:
-            fed.restore(snapshot, snapshot["history"])
+            fed.restore(snapshot)
         with _sigint_raises_interrupt():
             results = fed.run()
     except _Interrupt:

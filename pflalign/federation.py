@@ -113,8 +113,8 @@ class Federation:
         return results
 
     # ---- checkpointing -----------------------------------------------------------------
-    def restore(self, snap: dict, history: list[dict]) -> None:
-        """Continue from a checkpoint (``checkpoint.load_checkpoint``) and the history of its rounds."""
+    def restore(self, snap: dict) -> None:
+        """Continue from a checkpoint (``checkpoint.load_checkpoint`` plus the ``history`` of its rounds)."""
         self.round, self.global_params, self.server_state = snap["round"], snap["global"], snap["server"]
         self.states.restore(snap["versions"])
-        self.history = history
+        self.history = snap["history"]
