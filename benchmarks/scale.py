@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def run_cli(args: list[str], runtime: str) -> tuple[float, TreeMemory, str]:
     return time.perf_counter() - start, mem, out.strip().splitlines()[-1]
 
 
-def du(path: Path) -> int:  # noqa: D103
+def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
@@ -158,9 +159,7 @@ def measure(name: str, overrides: list[str], runtime: str, clients: int, cache: 
     if record.is_file():
         return json.loads(record.read_text())
     run_dir = OUT / "runs" / name
-    if run_dir.exists():
-        import shutil
-        shutil.rmtree(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
     args = [*COMMON, *overrides, f"runtime={runtime}", f"data.cache_dir={cache}", f"out_dir={OUT / 'runs'}",
             f"name={name}"]
     wall, mem, _ = run_cli(args, runtime)

@@ -25,6 +25,7 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..client import ClientWorker
+from ..serialize import umask
 from ..store import DiskIO, MemoryIO
 from ..errors import ConfigError, RunInterrupted, RunStopped
 
@@ -277,8 +278,7 @@ def connect(rc: RayConfig) -> bool:
     token = _token_path()
     if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
         os.chmod(token, 0o600)  # one made earlier (`ray get-auth-token --generate`) is 0644
-    user_umask = os.umask(0o077)
-    os.umask(user_umask)
+    user_umask = umask()
     with _loopback_owner_only():
         ray.init(num_cpus=rc.local_cpus, include_dashboard=rc.dashboard, _node_ip_address="127.0.0.1",
                  _temp_dir=str(temp_dir / RAY_SUBDIR), log_to_driver=True,
