@@ -130,6 +130,15 @@ def name(pid: int) -> str:
         return "?"
 
 
+def executable(pid: int) -> str:
+    """The file the process runs: unlike its command line, which a process may rewrite (Ray's
+    native binaries showed up as 'gcs_ser' on one machine), this is what the kernel mapped."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return "?"
+
+
 def loose_modes(top: Path, dirs: bool = True) -> list[str]:
     """``top`` and what is under it that group or others may access (symlinks aside; directories
     below ``top`` only if ``dirs``)."""
@@ -187,8 +196,8 @@ def test_local_instance_listens_on_loopback_only_and_keeps_files_private(tmp_pat
         assert not exposed, "listeners of the local instance off loopback:\n" + "\n".join(exposed)
 
         # Not vacuous: the core processes, the actor's worker and the announced ports are all seen.
-        listening_names = {Path(name(pid)).name for pid, _ in listeners}
-        assert {"gcs_server", "raylet"} <= listening_names, listening_names
+        listening = {executable(pid) for pid, _ in listeners}
+        assert {"gcs_server", "raylet"} <= listening, (listening, {name(pid) for pid, _ in listeners})
         assert int(actor_pid) in {pid for pid, _ in listeners}
         bound = {port for _, (_, port) in listeners}
         announced = {int(f.read_text()) for f in ports if int(f.read_text()) > 0}
