@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..config import option
-from .base import Algorithm, Params, Turn
+from .base import Algorithm, Params, Turn, sgd_step_
 
 
 @dataclass
@@ -63,8 +63,7 @@ class APFL(Algorithm):
         sc, phase, cfg = turn.scratch, turn.phase, module.train_cfg
         *gv, galpha = sc.pop("mix_grads")
         lr = phase.lr if phase.lr is not None else cfg.lr
-        for v, g in zip(sc["v"].values(), gv):
-            v.sub_(g + cfg.weight_decay * v, alpha=lr)
+        sgd_step_(list(sc["v"].values()), gv, lr, cfg.weight_decay)
         if self.hp.adapt_alpha:
             alpha_lr = self.hp.alpha_lr if self.hp.alpha_lr is not None else lr
             sc["alpha"].sub_(alpha_lr * galpha).clamp_(0.0, 1.0)

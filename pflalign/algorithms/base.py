@@ -7,7 +7,7 @@ payload, persistent client state, seed): all randomness comes from the turn's se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,53 @@ def unflatten(vector: torch.Tensor, like: Params) -> Params:
         out[k] = vector[i:i + v.numel()].view_as(v).clone()
         i += v.numel()
     return out
+
+
+def sq_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_k ||t_k||^2 with the squares as one multi-tensor op.
+
+    The per-tensor sums stay separate and are added in order, so the value is bit for bit that
+    of ``sum(t.pow(2).sum() for t in tensors)``; one sum over all elements (another order of
+    float additions) would not be.
+    """
+    sums = [t.sum() for t in torch._foreach_pow(list(tensors), 2)]
+    return sum(sums[1:], sums[0])
+
+
+class _SqDist(torch.autograd.Function):
+    """sum_k ||a_k - b_k||^2 as one autograd node (inputs: n, a_1..a_n, b_1..b_n).
+
+    Autograd through the per-tensor ops records four nodes per tensor; this backward is one
+    multi-tensor product: (2 g) d for every a_k, which rounds exactly as autograd's g (2 d)
+    (doubling is exact), and its negation for b_k. Loss and gradients match the loop bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, n: int, *ab: torch.Tensor) -> torch.Tensor:
+        d = torch._foreach_sub(ab[:n], ab[n:])
+        ctx.save_for_backward(*d)
+        return sq_norm(d)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        d = ctx.saved_tensors
+        ga = torch._foreach_mul(d, g * 2)
+        gb = torch._foreach_neg(ga) if any(ctx.needs_input_grad[1 + len(d):]) else [None] * len(d)
+        return None, *ga, *gb
+
+
+def sq_dist(module, ref: Params) -> torch.Tensor:
+    """||theta - ref||^2 over the module's parameters, differentiable (the proximal terms)."""
+    names, params = zip(*module.model.named_parameters())
+    return _SqDist.apply(len(names), *params, *(ref[k] for k in names))
+
+
+@torch.no_grad()
+def sgd_step_(params: list[torch.Tensor], grads: Sequence[torch.Tensor], lr: float, weight_decay: float) -> None:
+    """p <- p - lr * (g + weight_decay * p) in place, for the models an algorithm steps by hand."""
+    step = torch._foreach_mul(params, weight_decay)
+    torch._foreach_add_(step, list(grads))  # wd * p + g: the same float sum as g + wd * p
+    torch._foreach_sub_(params, step, alpha=lr)
 
 
 def weighted_mean(items: Iterable[tuple[Params, float]]) -> Params:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import option
-from .base import Algorithm, Params, Phase, Turn
+from .base import Algorithm, Params, Phase, Turn, sq_dist
 
 
 @dataclass
@@ -44,9 +44,7 @@ class Ditto(Algorithm):
         loss = super().loss(module, batch, turn)
         if turn.phase.name != "personal":
             return loss
-        w = turn.payload["global"]
-        prox = sum((p - w[k]).pow(2).sum() for k, p in module.model.named_parameters())
-        return loss + self.hp.lam / 2 * prox
+        return loss + self.hp.lam / 2 * sq_dist(module, turn.payload["global"])
 
     def personalized_params(self, module, turn: Turn) -> Params:
         return turn.state.get("v", turn.payload["global"])

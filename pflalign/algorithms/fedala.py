@@ -73,16 +73,22 @@ class FedALA(Algorithm):
             bounds = [(i, i + bs) for i in range(0, num - bs + 1, bs)] or [(0, num)]  # drop_last
             module.load_params({**start, **blend()})
             named = dict(module.model.named_parameters())
-            params = [named[k] for k in top]
+            params, Ws, diffs, locals_ = ([d[k] for k in top] for d in (named, W, diff, local))
             with torch.enable_grad():
                 for _ in range(hp.max_init_epochs if start_phase else 1):
                     for a, b in bounds:
                         loss = F.cross_entropy(module.model(x[a:b]), y[a:b])
                         grads = torch.autograd.grad(loss, params)
+                        # W <- clip(W - eta g diff, 0, 1), in place (W is our copy); theta <- local + diff W
                         with torch.no_grad():
-                            for k, p, gr in zip(top, params, grads):
-                                W[k] = (W[k] - hp.eta * gr * diff[k]).clamp(0, 1)
-                                p.copy_(local[k] + diff[k] * W[k])
+                            step = torch._foreach_mul(list(grads), hp.eta)
+                            torch._foreach_mul_(step, diffs)
+                            torch._foreach_sub_(Ws, step)
+                            torch._foreach_clamp_min_(Ws, 0)
+                            torch._foreach_clamp_max_(Ws, 1)
+                            theta = torch._foreach_mul(diffs, Ws)
+                            torch._foreach_add_(theta, locals_)
+                            torch._foreach_copy_(params, theta)
                     losses.append(float(loss.detach()))
                     recent = torch.tensor(losses[-hp.num_pre_loss:], dtype=torch.float64)
                     if len(losses) > hp.num_pre_loss and float(recent.std(unbiased=False)) < hp.threshold:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import option
-from .base import Algorithm, Params, Turn, Upload, flatten, unflatten
+from .base import Algorithm, Params, Turn, Upload, flatten, sq_dist, unflatten
 
 
 @dataclass
@@ -95,8 +95,7 @@ class FedAMP(Algorithm):
         u = turn.scratch["cloud"]
         if next(iter(u.values())).device != x.device:  # Lightning moved the model to an accelerator
             u = turn.scratch["cloud"] = {k: v.to(x.device) for k, v in u.items()}
-        prox = sum((p - u[k]).pow(2).sum() for k, p in module.model.named_parameters())
-        return super().loss(module, batch, turn) + self.hp.lam / (2 * self.hp.alphaK) * prox
+        return super().loss(module, batch, turn) + self.hp.lam / (2 * self.hp.alphaK) * sq_dist(module, u)
 
     def client_end(self, module, turn: Turn) -> dict:
         turn.state["theta"] = module.params()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import option
-from .base import Algorithm, Params, Phase, Turn, Upload, weighted_mean
+from .base import Algorithm, Params, Phase, Turn, Upload, sq_norm, weighted_mean
 
 
 @dataclass
@@ -49,7 +49,7 @@ def fisher_trace(module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
     with torch.enable_grad():
         for i in range(0, len(y), batch):
             grads = torch.autograd.grad(F.cross_entropy(module(x[i:i + batch]), y[i:i + batch]), params)
-            total += float(sum(g.pow(2).sum() for g in grads))
+            total += float(sq_norm(grads))
     return total
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import option
-from .base import Algorithm, Turn
+from .base import Algorithm, Turn, sq_dist
 
 
 @dataclass
@@ -18,6 +18,4 @@ class FedProx(Algorithm):
     Hparams = FedProxHparams
 
     def loss(self, module, batch, turn: Turn):
-        w = turn.payload["global"]
-        prox = sum((p - w[k]).pow(2).sum() for k, p in module.model.named_parameters())
-        return super().loss(module, batch, turn) + self.hp.mu / 2 * prox
+        return super().loss(module, batch, turn) + self.hp.mu / 2 * sq_dist(module, turn.payload["global"])

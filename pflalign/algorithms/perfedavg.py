@@ -70,17 +70,18 @@ class PerFedAvg(Algorithm):
         x, y = batch
         params = list(module.model.parameters())
         grads = torch.autograd.grad(F.cross_entropy(module(x), y), params)
-        turn.scratch["w"] = [p.detach().clone() for p in params]
+        if "w" not in turn.scratch:  # where w waits while the model holds w_tmp, reused every step
+            turn.scratch["w"] = [torch.empty_like(p) for p in params]
+        w = turn.scratch["w"]
         with torch.no_grad():  # w_tmp = w - alpha * grad f(w; D)
-            for p, g in zip(params, grads):
-                p.sub_(g, alpha=self._alpha(module))
+            torch._foreach_copy_(w, params)
+            torch._foreach_sub_(params, list(grads), alpha=self._alpha(module))
         x2, y2 = random_batch(turn, len(y), x.device)
         return F.cross_entropy(module(x2), y2)  # its gradient at w_tmp is the FO meta-gradient
 
     @torch.no_grad()
     def transform_gradients(self, module, turn: Turn) -> None:
-        for p, w in zip(module.model.parameters(), turn.scratch.pop("w")):
-            p.copy_(w)  # the optimizer steps from w with grad f(w_tmp; D')
+        torch._foreach_copy_(list(module.model.parameters()), turn.scratch["w"])  # the optimizer steps from w
 
     def personalized_params(self, module, turn: Turn) -> Params:
         """One step of size alpha from the global model on a random local train batch."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import option
-from .base import Algorithm, Params, Phase, Turn, Upload, weighted_mean
+from .base import Algorithm, Params, Phase, Turn, Upload, sgd_step_, weighted_mean
 
 
 @dataclass
@@ -39,9 +39,11 @@ class PFedMeHparams:
                          lo_open=True, sweep="uniform(1, 2)")
 
 
-def outer_update(w: torch.Tensor, theta: torch.Tensor, eta: float, lam: float) -> torch.Tensor:
-    """w - eta * lambda * (w - theta): the local model's step toward the personalized one."""
-    return w - eta * lam * (w - theta)
+def outer_update_(w: list[torch.Tensor], theta: list[torch.Tensor], eta: float, lam: float) -> None:
+    """w <- w - eta * lambda * (w - theta) in place: the local model's step toward the personalized one."""
+    pull = torch._foreach_sub(w, theta)
+    torch._foreach_mul_(pull, eta * lam)
+    torch._foreach_sub_(w, pull)
 
 
 class PFedMe(Algorithm):
@@ -65,27 +67,31 @@ class PFedMe(Algorithm):
     def loss(self, module, batch, turn: Turn):
         x, y = batch
         w, hp, wd = self._w(turn, x.device), self.hp, module.train_cfg.weight_decay
-        named = list(module.model.named_parameters())
+        names, params = map(list, zip(*module.model.named_parameters()))
+        ws = [w[k] for k in names]
         for _ in range(hp.K - 1):  # inner steps on theta; the K-th is the optimizer's
-            grads = torch.autograd.grad(F.cross_entropy(module(x), y), [p for _, p in named])
+            grads = torch.autograd.grad(F.cross_entropy(module(x), y), params)
             with torch.no_grad():
-                for (k, p), g in zip(named, grads):
-                    p.sub_(g + hp.lam * (p - w[k]) + wd * p, alpha=hp.personal_lr)
+                grad = torch._foreach_sub(params, ws)
+                torch._foreach_mul_(grad, hp.lam)
+                torch._foreach_add_(grad, list(grads))  # g + lambda (theta - w)
+            sgd_step_(params, grad, hp.personal_lr, wd)
         return F.cross_entropy(module(x), y)
 
     @torch.no_grad()
     def transform_gradients(self, module, turn: Turn) -> None:
         w = turn.scratch["w"]
-        for k, p in module.model.named_parameters():
-            if p.grad is not None:
-                p.grad.add_(p - w[k], alpha=self.hp.lam)
+        named = [(k, p) for k, p in module.model.named_parameters() if p.grad is not None]
+        if named:
+            pull = torch._foreach_sub([p for _, p in named], [w[k] for k, _ in named])
+            torch._foreach_add_([p.grad for _, p in named], pull, alpha=self.hp.lam)
 
     @torch.no_grad()
     def after_step(self, module, turn: Turn) -> None:
         eta = self.hp.eta if self.hp.eta is not None else module.train_cfg.lr
         w = turn.scratch["w"]
-        for k, p in module.model.named_parameters():
-            w[k] = outer_update(w[k], p.detach(), eta, self.hp.lam)
+        names, params = zip(*module.model.named_parameters())
+        outer_update_([w[k] for k in names], list(params), eta, self.hp.lam)
 
     def client_end(self, module, turn: Turn) -> dict:
         turn.state["theta"] = module.params()

@@ -61,13 +61,15 @@ class Scaffold(Algorithm):
         ci = turn.state.get("c", {k: torch.zeros_like(v) for k, v in c.items()})
         turn.scratch.update(ci=ci, corr={k: c[k] - ci[k] for k in c}, steps=0)
 
+    @torch.no_grad()
     def transform_gradients(self, module, turn: Turn) -> None:
-        corr = turn.scratch["corr"]
-        for k, p in module.model.named_parameters():
-            if p.grad is not None:
-                if corr[k].device != p.grad.device:  # Lightning moved the model to an accelerator
-                    corr[k] = corr[k].to(p.grad.device)
-                p.grad = p.grad + corr[k]
+        named = [(k, p.grad) for k, p in module.model.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        corr, device = turn.scratch["corr"], named[0][1].device
+        if next(iter(corr.values())).device != device:  # Lightning moved the model to an accelerator
+            corr = turn.scratch["corr"] = {k: v.to(device) for k, v in corr.items()}
+        torch._foreach_add_([g for _, g in named], [corr[k] for k, _ in named])  # g + (c - c_i), in place
 
     def after_step(self, module, turn: Turn) -> None:
         turn.scratch["steps"] += 1
