@@ -15,7 +15,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric import Fabric
 from lightning.pytorch.plugins.environments import LightningEnvironment
-import numpy as np
 import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -25,12 +24,8 @@ from .algorithms.base import Params, Phase
 from .data import FederatedData, build_federated_data
 from .errors import NonFiniteLossError
 from .models import build_model
+from .seeds import turn_seed
 from .store import DiskIO, MemoryIO
-
-
-def turn_seed(*keys: int) -> int:
-    """A 63-bit seed for one (run seed, client, round, purpose): independent, order-free streams."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> 1)
 
 
 class ClientModule(pl.LightningModule):
@@ -159,16 +154,20 @@ class ClientWorker:
         upload = Upload(client_id, float(turn.num_train), {**data, "stats": stats})
         return upload, self.io.save(client_id, rnd + 1, turn.state)
 
+    def _on_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The client's data on the module's device: one copy per phase or evaluation, none on CPU."""
+        return tuple(self.fabric.to_device(t) for t in tensors)
+
     def _fit(self, turn: Turn, phase: Phase, seed: int) -> None:
         turn.phase = phase
         epochs = phase.epochs if phase.epochs is not None else self.cfg.train.local_epochs
         self.algorithm.begin_phase(self.module, turn)
         if epochs > 0:
-            client, to_device = turn.data, self.fabric.to_device
             self.module._fabric_optimizers = [self.fabric.setup_optimizers(self.module.configure_optimizers())]
-            loader = batches(client.train_x, client.train_y, self.cfg.train.batch_size, seed)
+            x, y = self._on_device(turn.data.train_x, turn.data.train_y)
+            loader = batches(x, y, self.cfg.train.batch_size, seed)
             for epoch in range(epochs):  # one training_step = one local epoch (see ClientModule)
-                self.module.training_step([to_device(b) for b in loader], epoch)
+                self.module.training_step(list(loader), epoch)
         self.algorithm.end_phase(self.module, turn)
 
     def evaluate(self, client_id: int, rnd: int, payload: dict, handle: Any) -> dict[str, Any]:
@@ -183,7 +182,8 @@ class ClientWorker:
             if prefix and params is models[""]:  # the personalized model is the global one: evaluated once
                 out.update({prefix + k: out[k] for k in ("acc", "loss", "val_acc", "val_loss") if k in out})
                 continue
-            out[prefix + "acc"], out[prefix + "loss"] = self.module.evaluate(params, client.test_x, client.test_y)
+            out[prefix + "acc"], out[prefix + "loss"] = self.module.evaluate(params, *self._on_device(client.test_x, client.test_y))
             if len(client.val_y):
-                out[prefix + "val_acc"], out[prefix + "val_loss"] = self.module.evaluate(params, client.val_x, client.val_y)
+                out[prefix + "val_acc"], out[prefix + "val_loss"] = self.module.evaluate(
+                    params, *self._on_device(client.val_x, client.val_y))
         return out

@@ -181,10 +181,10 @@ def state_io(cfg: Config, data, run_dir: Path) -> MemoryIO | DiskIO:
 
 
 def run_federation(cfg: Config, data, run_dir: Path, snapshot: dict | None,
-                   callbacks: CallbackFactory = lambda cfg, run_dir: ()) -> Path:
-    """Run the round loop in this process from ``snapshot`` (None: round 0); writes results.json."""
-    io = state_io(cfg, data, run_dir)
-    runtime = build_runtime(cfg, data, io)
+                   callbacks: CallbackFactory = lambda cfg, run_dir: (), runtime=None) -> Path:
+    """Run the round loop in this process from ``snapshot`` (None: round 0); writes results.json.
+    ``runtime``: where the turns run (default: ``cfg.runtime`` with the ``state_store`` it asks for)."""
+    runtime = runtime or build_runtime(cfg, data, state_io(cfg, data, run_dir))
     metrics = JsonlWriter(run_dir)
     checkpointer = Checkpointer(run_dir, cfg.checkpoint_every, snapshot["round"] if snapshot else None)
     start = time.perf_counter()
@@ -205,7 +205,7 @@ def run_federation(cfg: Config, data, run_dir: Path, snapshot: dict | None,
     write_json(run_dir / "results.json", {
         "algorithm": cfg.algorithm, "label": cfg.label or cfg.algorithm, "seed": cfg.seed, "experiment": cfg.experiment, **results,
         "rounds": fed.round, "wall_time_s": round(time.perf_counter() - start, 3),
-        "resumed_from_round": snapshot["round"] if snapshot else None, "state_store": io.kind,
+        "resumed_from_round": snapshot["round"] if snapshot else None, "state_store": runtime.io.kind,
         "evaluated": cfg.eval_clients if cfg.eval_clients != "subset" else f"subset of {cfg.eval_subset}",
         "versions": versions(), "command": " ".join(sys.argv), "config": to_dict(cfg)})
     return run_dir
@@ -231,4 +231,4 @@ def launch(cfg: Config, callbacks: CallbackFactory, resume: Path | None = None) 
     data = prepare(cfg)
     from .runtime.ray import run_on_ray
 
-    return run_on_ray(cfg, callbacks, lambda: open_run(cfg, data, resume))
+    return run_on_ray(cfg, data, callbacks, lambda: open_run(cfg, data, resume))

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from .algorithms import build_algorithm
-from .client import turn_seed
 from .metrics import final_results, summarize
 from .models import build_model
+from .seeds import turn_seed
 from .store import ClientStates
 
 SAMPLING, EVAL_SUBSET = 7, 8  # purpose tags of streams in turn_seed

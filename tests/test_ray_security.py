@@ -23,22 +23,13 @@ CHILD = r"""
 import os, sys
 import ray
 from pflalign.config import RayConfig
-from pflalign.runtime.ray import connect
-
-def umask():
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
+from pflalign.runtime.ray import Driver, connect
+from pflalign.serialize import umask
 
 assert connect(RayConfig(temp_dir=sys.argv[1], local_cpus=1))
 
-@ray.remote(num_cpus=0)
-class Probe:
-    def info(self):
-        return os.getpid(), umask()
-
-probe = Probe.remote()  # an actor: its worker process listens too
-pid, worker_umask = ray.get(probe.info.remote())
+probe = Driver.remote(umask())  # pflalign's driver actor: its worker process listens too
+pid, worker_umask = ray.get(probe.__ray_call__.remote(lambda self: (os.getpid(), umask())))
 print("READY", pid, os.environ.get("RAY_AUTH_MODE"), worker_umask == umask(), flush=True)
 sys.stdin.readline()
 ray.shutdown()

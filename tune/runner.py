@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from pflalign.checkpoint import write_text
 from pflalign.config import load_config, to_dict
 from pflalign.errors import ConfigError
+from pflalign.serialize import umask
 
 from .spec import Sweep, load_sweep, nest, parse_distribution
 
@@ -50,7 +51,7 @@ def _tuner(sweep: Sweep, sweep_dir: Path, resume: bool):
     env["WANDB_MODE"] = resolve_mode(sweep.cfg.wandb.mode)  # decided once, here
     env.setdefault("WANDB_SILENT", "true")  # a run summary per trial would drown Tune's status
     fn = tune.with_parameters(run_trial, base=sweep.base, sweep_dir=str(sweep_dir), experiment=sweep.name,
-                              env=env, fault_round=sweep.fault_round)
+                              env=env, umask=umask(), fault_round=sweep.fault_round)
     trainable = tune.with_resources(fn, {"cpu": sweep.resources["cpus"], "gpu": sweep.resources["gpus"]})
     if resume:
         return tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)

@@ -78,9 +78,11 @@ def _abandon(callbacks: list, error: BaseException) -> None:
             cb.run.finish(exit_code=0 if isinstance(error, SystemExit) else 1)  # WandbLogger
 
 
-def run_trial(params: dict, *, base: dict, sweep_dir: str, experiment: str, env: dict,
+def run_trial(params: dict, *, base: dict, sweep_dir: str, experiment: str, env: dict, umask: int,
               fault_round: int | None = None) -> None:
-    """The Tune function trainable (bound with ``tune.with_parameters``)."""
+    """The Tune function trainable (bound with ``tune.with_parameters``). ``umask``: the user's,
+    for what the trial writes (a local Ray instance runs its workers under 077)."""
+    os.umask(umask)
     import ray
     from ray import tune
 

@@ -24,7 +24,6 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..client import ClientWorker
 from ..serialize import umask
 from ..store import DiskIO, MemoryIO
 from ..errors import ConfigError, RunInterrupted, RunStopped
@@ -33,7 +32,8 @@ if TYPE_CHECKING:
     from ..config import RayConfig
 
 log = logging.getLogger("pflalign.ray")
-IN_FLIGHT = 2  # turns queued at each worker actor
+IN_FLIGHT = 2  # batches of turns queued at each worker actor
+BATCHES_PER_SLOT, MAX_BATCH = 2, 32  # see RayRuntime._batches
 DEFAULT_TEMP_DIR = f"/tmp/pflalign-ray-{os.getuid()}"  # per user: another user's would be refused
 
 
@@ -60,23 +60,35 @@ def to_torch(obj: Any, copy: bool = False) -> Any:
 
 @ray.remote
 class WorkerActor:
-    """Tensors cross the object store as numpy buffers: zero-copy reads and ~10x cheaper to
-    serialize than torch's pickling of the same tensors (states and uploads both ways)."""
+    """Runs a batch of turns per task: Ray's per-task cost (submission, scheduling, the reply)
+    is paid once per batch, not once per turn. Tensors cross the object store as numpy buffers:
+    zero-copy reads and ~10x cheaper to serialize than torch's pickling of the same tensors."""
 
-    def __init__(self, cfg, io):
+    def __init__(self, cfg, io, mask: int):
+        os.umask(mask)  # see connect(): Ray's processes run under 077, what a run writes under the user's
+        from ..client import ClientWorker  # Lightning: imported by the workers only, not by the driver
+
         if ray.get_gpu_ids():
             cfg.train.accelerator = "gpu"
         self.worker = ClientWorker(cfg, None, io)  # its data: from the on-disk cache, not a pickled copy
 
-    def train(self, client_id, rnd, payload, handle, fault=False):
+    def train(self, rnd, payload, clients, fault, separate, *handles):
+        """Train ``clients`` from their state ``handles`` (refs are resolved by Ray before the task
+        starts). ``separate``: return the uploads, then each new state as its own object, so a
+        memory-store state stays in the object store under its own ref."""
         if fault:
             os._exit(1)  # fault injection (ray.fault_round): die mid-turn, like an OOM kill
-        upload, handle = self.worker.train(client_id, rnd, to_torch(payload), to_torch(handle, copy=True))
-        upload.data = to_numpy(upload.data)
-        return upload, to_numpy(handle)
+        payload, uploads, states = to_torch(payload), [], []
+        for client_id, handle in zip(clients, handles):
+            upload, state = self.worker.train(client_id, rnd, payload, to_torch(handle, copy=True))
+            upload.data = to_numpy(upload.data)
+            uploads.append(upload)
+            states.append(to_numpy(state))
+        return [uploads, *states] if separate else list(zip(uploads, states))
 
-    def evaluate(self, client_id, rnd, payload, handle):
-        return self.worker.evaluate(client_id, rnd, to_torch(payload), to_torch(handle, copy=True))
+    def evaluate(self, rnd, payload, clients, fault, separate, *handles):
+        payload = to_torch(payload)
+        return [self.worker.evaluate(c, rnd, payload, to_torch(h, copy=True)) for c, h in zip(clients, handles)]
 
 
 def pool_size(rc, num_clients: int) -> int:
@@ -99,62 +111,76 @@ def pool_size(rc, num_clients: int) -> int:
     return rc.num_workers or int(min(fits, num_clients))
 
 
+def new_worker(cfg, io: MemoryIO | DiskIO) -> Any:
+    """A WorkerActor; it imports Lightning and maps its data while the caller goes on."""
+    rc = cfg.ray
+    return WorkerActor.options(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus).remote(cfg, io, umask())
+
+
 class RayRuntime:
-    def __init__(self, cfg, data, io: MemoryIO | DiskIO | None = None):
+    def __init__(self, cfg, data, io: MemoryIO | DiskIO | None = None, actors: list | None = None):
+        """``actors``: a pool already started (``run_on_ray`` starts it with the driver), else one
+        that fits the cluster is started here."""
         self.cfg, self.io = cfg, io or MemoryIO()
-        self.num_workers = pool_size(cfg.ray, data.num_clients)
-        self.actors = [self._new_actor() for _ in range(self.num_workers)]
+        self.actors = actors or [new_worker(cfg, self.io) for _ in range(pool_size(cfg.ray, data.num_clients))]
+        self.num_workers = len(self.actors)
         self.fault_pending = cfg.ray.fault_round is not None
 
-    def _new_actor(self):
-        rc = self.cfg.ray
-        return WorkerActor.options(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus).remote(self.cfg, self.io)
+    def _batches(self, jobs: list) -> Iterator[tuple[int, list]]:
+        """Consecutive jobs in batches (start index, jobs): about BATCHES_PER_SLOT per in-flight
+        slot, so the per-task cost is paid a few times a round while a worker that finishes
+        early still finds batches left to take; at most MAX_BATCH turns (a dead worker's batch
+        is rerun, and the aggregation streams batch by batch)."""
+        slots = len(self.actors) * IN_FLIGHT
+        size = max(1, min(MAX_BATCH, len(jobs) // (slots * BATCHES_PER_SLOT)))
+        return ((i, jobs[i:i + size]) for i in range(0, len(jobs), size))
 
-    def _dispatch(self, method: str, rnd: int, payload: dict, jobs: list, num_returns: int) -> Iterator:
-        """Run ``jobs`` on the pool, IN_FLIGHT per actor; yield results in job order.
+    def _dispatch(self, method: str, rnd: int, payload: dict, jobs: list, separate: bool = False) -> Iterator:
+        """Run ``jobs`` on the pool in batches, IN_FLIGHT batches per actor; yield results in job order.
 
-        With two turns queued at each actor, the next one starts as soon as the last ends,
+        With two batches queued at each actor, the next starts as soon as the last ends,
         without waiting for the driver's round trip. A result is yielded as soon as it and all
         earlier ones are in, so the caller reduces uploads while later clients still train. A
-        dead actor is replaced (once) and its jobs rerun.
+        dead actor is replaced (once per death) and its batches rerun.
         """
         payload_ref = ray.put(to_numpy(payload))
-        queue = deque(enumerate(jobs))
+        queue = deque(self._batches(jobs))
         slots = deque(a for _ in range(IN_FLIGHT) for a in range(len(self.actors)))
-        pending: dict = {}  # first return ref -> (job index, job, actor index, actor, all refs)
+        pending: dict = {}  # first return ref -> (batch, actor index, actor, all refs)
         ready: dict[int, Any] = {}
         next_out = 0
         while next_out < len(jobs):
             while queue and slots:
-                i, (cid, state) = queue.popleft()
+                batch = queue.popleft()
                 a = slots.popleft()
                 # fault_round counts from 1, like every round number users see (metrics.jsonl, logs)
                 fault = method == "train" and self.fault_pending and rnd + 1 == self.cfg.ray.fault_round
                 self.fault_pending &= not fault
-                args = (cid, rnd, payload_ref, state) + ((fault,) if method == "train" else ())
-                refs = getattr(self.actors[a], method).options(num_returns=num_returns).remote(*args)
+                clients, handles = zip(*batch[1])
+                refs = getattr(self.actors[a], method).options(num_returns=1 + len(clients) if separate else 1).remote(
+                    rnd, payload_ref, list(clients), fault, separate, *handles)
                 refs = refs if isinstance(refs, list) else [refs]
-                pending[refs[0]] = (i, (cid, state), a, self.actors[a], refs)
+                pending[refs[0]] = (batch, a, self.actors[a], refs)
             (done,), _ = ray.wait(list(pending), num_returns=1)
-            i, job, a, actor, refs = pending.pop(done)
+            batch, a, actor, refs = pending.pop(done)
             try:
                 first = ray.get(done)
             except (RayActorError, WorkerCrashedError) as e:
-                if self.actors[a] is actor:  # its other queued job finds the replacement in place
-                    log.warning("worker %d died during round %d (%s of client %d): %s; replacing it and "
-                                "rerunning its turns", a, rnd + 1, method, job[0], type(e).__name__)
+                if self.actors[a] is actor:  # its other queued batch finds the replacement in place
+                    log.warning("worker %d died during round %d (%s of clients %d-%d): %s; replacing it and "
+                                "rerunning its turns", a, rnd + 1, method, batch[1][0][0], batch[1][-1][0],
+                                type(e).__name__)
                     ray.kill(actor, no_restart=True)
-                    self.actors[a] = self._new_actor()
-                queue.appendleft((i, job))
+                    self.actors[a] = new_worker(self.cfg, self.io)
+                queue.appendleft(batch)
                 slots.append(a)
                 continue
             slots.append(a)
-            if method == "train":
-                upload, handle = first if num_returns == 1 else (first, refs[1])
-                upload.data = to_torch(upload.data, copy=True)  # the algorithm may write to it
-                ready[i] = (upload, handle)
-            else:
-                ready[i] = first
+            results = zip(first, refs[1:]) if separate else first
+            for i, result in enumerate(results, start=batch[0]):
+                if method == "train":
+                    result[0].data = to_torch(result[0].data, copy=True)  # the algorithm may write to it
+                ready[i] = result
             while next_out in ready:
                 yield ready.pop(next_out)
                 next_out += 1
@@ -162,12 +188,10 @@ class RayRuntime:
     def train(self, rnd: int, payload: dict, jobs: list):
         """Yields (upload, state handle) per client. Memory store: the handle is a ref, the state
         stays in the object store; disk store: the worker wrote the file, the handle is tiny."""
-        if self.io.kind == "memory":
-            return self._dispatch("train", rnd, payload, jobs, 2)
-        return self._dispatch("train", rnd, payload, jobs, 1)
+        return self._dispatch("train", rnd, payload, jobs, separate=self.io.kind == "memory")
 
     def evaluate(self, rnd: int, payload: dict, jobs: list) -> list:
-        return list(self._dispatch("evaluate", rnd, payload, jobs, 1))
+        return list(self._dispatch("evaluate", rnd, payload, jobs))
 
     def fetch_states(self, handles: list) -> list:
         """Memory-store handles -> states, one at a time (a checkpoint fetches only changed ones)."""
@@ -183,11 +207,15 @@ class RayRuntime:
 class Driver:
     """Runs the whole experiment (round loop, aggregation, callbacks) inside the cluster."""
 
-    def run(self, cfg, callbacks, run_dir: str, snapshot: dict | None) -> str:
+    def __init__(self, mask: int):
+        os.umask(mask)  # see connect()
+
+    def run(self, cfg, callbacks, run_dir: str, snapshot: dict | None, io: MemoryIO | DiskIO, actors: list) -> str:
         from ..experiment import prepare, run_federation
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return str(run_federation(cfg, prepare(cfg), Path(run_dir), snapshot, callbacks))
+        data = prepare(cfg)
+        return str(run_federation(cfg, data, Path(run_dir), snapshot, callbacks, RayRuntime(cfg, data, io, actors)))
 
 
 # Ray's single-node switch (off by default on macOS/Windows). Off, services.get_node_ip_address()
@@ -224,16 +252,6 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _umask_setter(mask: int) -> Callable[[], None]:
-    """A ``worker_process_setup_hook`` giving job workers (driver actor, client workers, Tune
-    trials) this process's umask back: what a run writes keeps the modes of ``runtime=local``,
-    and only Ray's own files (opened before the hook runs) stay under the instance's 077."""
-    def restore_umask() -> None:
-        os.umask(mask)
-
-    return restore_umask
-
-
 @contextmanager
 def _loopback_owner_only() -> Iterator[None]:
     """Scope for ``ray.init`` of a local instance: it listens on 127.0.0.1 only, writes owner-only.
@@ -265,7 +283,11 @@ def connect(rc: RayConfig) -> bool:
 
     A local instance is for this user on this machine: every listener is on 127.0.0.1, its
     temp dir is 0700, its files and the auth token are 0600. Token authentication stays as
-    Ray sets it (on by default for a local instance).
+    Ray sets it (on by default for a local instance). Ray's worker processes inherit the 077;
+    pflalign's actors (driver, workers, Tune trials) set the user's umask back first thing,
+    given at their creation, so what a run writes has the modes of ``runtime=local``. (Ray's
+    ``worker_process_setup_hook`` could do it for every worker, but a job with a runtime_env
+    cannot use the workers Ray pre-starts: each actor then cost seconds more to start.)
     """
     if ray.is_initialized():
         return False
@@ -278,11 +300,9 @@ def connect(rc: RayConfig) -> bool:
     token = _token_path()
     if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
         os.chmod(token, 0o600)  # one made earlier (`ray get-auth-token --generate`) is 0644
-    user_umask = umask()
     with _loopback_owner_only():
         ray.init(num_cpus=rc.local_cpus, include_dashboard=rc.dashboard, _node_ip_address="127.0.0.1",
-                 _temp_dir=str(temp_dir / RAY_SUBDIR), log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": _umask_setter(user_umask)})
+                 _temp_dir=str(temp_dir / RAY_SUBDIR), log_to_driver=True)
     return True
 
 
@@ -293,23 +313,26 @@ def _rounds_done(run_dir: Path) -> int:
         return 0
 
 
-def run_on_ray(cfg, callbacks, open_run: Callable[[], tuple[Path, dict | None]]) -> Path:
+def run_on_ray(cfg, data, callbacks, open_run: Callable[[], tuple[Path, dict | None]]) -> Path:
     """The ``runtime=ray`` entry point: the driver actor runs on this node (its files land here).
 
     ``open_run`` makes (or reopens) the run directory once the cluster is known to fit the
-    request, so a request it cannot serve leaves nothing behind.
+    request, so a request it cannot serve leaves nothing behind. The worker pool starts here,
+    alongside the driver: both import their libraries and load the data at the same time.
     """
-    from ..experiment import resume_hint
+    from ..experiment import resume_hint, state_io
 
     started = connect(cfg.ray)
-    driver = None
+    driver, actors = None, []
     try:
-        pool_size(cfg.ray, cfg.data.num_clients)  # fail fast, before any actor starts
+        num_workers = pool_size(cfg.ray, data.num_clients)  # fail fast, before any actor starts
         run_dir, snapshot = open_run()
+        io = state_io(cfg, data, run_dir)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        driver = Driver.options(scheduling_strategy=here).remote()
+        driver = Driver.options(scheduling_strategy=here).remote(umask())
+        actors = [new_worker(cfg, io) for _ in range(num_workers)]
         try:
-            return Path(ray.get(driver.run.remote(cfg, callbacks, str(run_dir), snapshot)))
+            return Path(ray.get(driver.run.remote(cfg, callbacks, str(run_dir), snapshot, io, actors)))
         except RayTaskError as e:
             if isinstance(e.cause, Exception):
                 raise e.cause from None
@@ -321,7 +344,8 @@ def run_on_ray(cfg, callbacks, open_run: Callable[[], tuple[Path, dict | None]])
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted at round {_rounds_done(run_dir) + 1}; {resume_hint(run_dir)}") from None
     finally:
-        if driver is not None:
-            ray.kill(driver, no_restart=True)  # on a shared cluster it would go on running
+        for actor in [driver, *actors]:  # on a shared cluster they would go on running
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
         if started:
             ray.shutdown()
