@@ -26,16 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pflalign.algorithms.base import weighted_mean
-from pflalign.client import batches, turn_seed
+from pflalign.client import batches
 from pflalign.config import load_config
 from pflalign.experiment import prepare
 from pflalign.federation import Federation
 from pflalign.models import build_model
 from pflalign.runtime.local import LocalRuntime
+from pflalign.seeds import turn_seed
 
 WORKLOADS = {
     "mlp": ["data.dataset=mnist1d", "model.name=mlp"],
@@ -120,14 +122,54 @@ def timed_fed(fed, rounds: int) -> tuple[float, float]:
     return statistics.median(train), statistics.median(whole)
 
 
-def startup(workload: list[str], runtime: str, cache_dir: str) -> float:
-    """Seconds from a fresh `pflalign run` process to the end of round 1 (rounds=1, evaluated)."""
-    out = tempfile.mkdtemp(prefix="pfl-startup-")
+def startup(workload: list[str], runtime: str, cache_dir: str) -> tuple[float, float]:
+    """Seconds from launching a fresh `pflalign run` process to the end of round 1 (its line in
+    metrics.jsonl, rounds=1, evaluated), and to the process's exit (Ray's shutdown included)."""
+    out = Path(tempfile.mkdtemp(prefix="pfl-startup-"))
     args = [*workload, "algorithm=fedavg", "rounds=1", "wandb.mode=disabled", "progress=false",
             f"data.cache_dir={cache_dir}", f"runtime={runtime}", f"out_dir={out}", "ray.local_cpus=2"]
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pflalign.cli", "run", *args], check=True, capture_output=True)
-    return time.perf_counter() - t
+    proc = subprocess.Popen([sys.executable, "-m", "pflalign.cli", "run", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _wait_for_round_1(proc, lambda: any(f.stat().st_size for f in out.glob("*/metrics.jsonl")), t,
+                             f"pflalign run {' '.join(args)}")
+
+
+def export_partition(path: Path, cache_dir: str) -> None:
+    """The mlp workload's clients, initial weights and settings as one .npz, for flower_sim.py."""
+    cfg = load_config(None, [*WORKLOADS["mlp"], "algorithm=fedavg", f"data.cache_dir={cache_dir}"])
+    data = prepare(cfg)
+    torch.manual_seed(cfg.seed)  # the federation's initial weights
+    weights = [p.detach().numpy() for p in build_model(cfg.model, data.input_shape, data.num_classes).parameters()]
+    arrays = {f"w{i}": w for i, w in enumerate(weights)}
+    for cid, c in enumerate(data.clients):
+        arrays.update({f"train_x{cid}": c.train_x.numpy(), f"train_y{cid}": c.train_y.numpy(),
+                       f"test_x{cid}": c.test_x.numpy(), f"test_y{cid}": c.test_y.numpy()})
+    np.savez(path, num_clients=data.num_clients, lr=cfg.train.lr, batch_size=cfg.train.batch_size,
+             num_weights=len(weights), **arrays)
+
+
+def flower_startup(python: str, cache_dir: str) -> tuple[float, float]:
+    """Seconds from launching flower_sim.py (Flower's simulation, its own venv) to the end of
+    round 1 and to the process's exit."""
+    out = Path(tempfile.mkdtemp(prefix="pfl-flower-"))
+    export_partition(out / "partition.npz", cache_dir)
+    marker = out / "round-1-done"
+    t = time.perf_counter()
+    proc = subprocess.Popen([python, str(Path(__file__).with_name("flower_sim.py")), str(out / "partition.npz"), str(marker)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _wait_for_round_1(proc, lambda: marker.exists(), t, "flower_sim.py")
+
+
+def _wait_for_round_1(proc: subprocess.Popen, round_1_done, start: float, what: str) -> tuple[float, float]:
+    round_1 = None
+    while proc.poll() is None or round_1 is None:
+        if round_1 is None and round_1_done():
+            round_1 = time.perf_counter() - start
+        if proc.returncode is not None and (proc.returncode or round_1 is None):
+            raise RuntimeError(f"{what} exited ({proc.returncode}) before the end of round 1")
+        time.sleep(0.02)
+    return round_1, time.perf_counter() - start
 
 
 def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> list[dict]:
@@ -178,6 +220,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/throughput.md")
     ap.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,
                     help="also time a fresh process to the end of round 1")
+    ap.add_argument("--flower-python", help="python of a venv with flwr[simulation]==1.42.0: also time Flower's start-up")
     args = ap.parse_args()
     workers = [int(n) for n in args.ray_workers.split(",") if n]
     rows = []
@@ -194,9 +237,14 @@ def main() -> None:
         lines.append(f"| {r['workload']} | {r['runner']} | {r['steps']} | {r['train_s']:.3f} | {r['train_ratio']:.2f}x "
                      f"| {whole} | {rss} |")
     if args.startup:
-        lines += ["", "| start-up to the end of round 1 (mlp, fresh process) | seconds |", "|---|---:|"]
+        lines += ["", "| start-up of a fresh `pflalign run` (mlp) | to the end of round 1 (s) | to the process's exit (s) |",
+                  "|---|---:|---:|"]
         for runtime in ("local", "ray"):
-            lines.append(f"| pflalign {runtime} | {startup(WORKLOADS['mlp'], runtime, args.cache_dir):.1f} |")
+            round_1, done = startup(WORKLOADS["mlp"], runtime, args.cache_dir)
+            lines.append(f"| pflalign {runtime} | {round_1:.1f} | {done:.1f} |")
+        if args.flower_python:
+            round_1, done = flower_startup(args.flower_python, args.cache_dir)
+            lines.append(f"| Flower 1.42 simulation (flower_sim.py, 2 client actors) | {round_1:.1f} | {done:.1f} |")
     table = "\n".join(lines)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
