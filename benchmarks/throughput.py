@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +75,15 @@ def bare_evaluate(data, model, params) -> list[float]:
     return accs
 
 
-def bare_round(cfg, data, model, global_params, rnd: int) -> dict:
-    """Train, average, evaluate every client: the whole FedAvg round as plain PyTorch."""
+def bare_round(cfg, data, model, global_params, rnd: int) -> tuple[float, float]:
+    """Train, average, evaluate every client: the whole FedAvg round as plain PyTorch.
+    Returns (train, whole round) seconds."""
+    t = time.perf_counter()
     mean = weighted_mean(bare_train(cfg, data, model, global_params, rnd))
     new = {k: global_params[k] + mean[k] for k in global_params}
+    train = time.perf_counter() - t
     bare_evaluate(data, model, new)
-    return new
+    return train, time.perf_counter() - t
 
 
 def pfllib_train(cfg, data, model, global_params, rnd: int) -> None:
@@ -100,26 +104,31 @@ def pfllib_train(cfg, data, model, global_params, rnd: int) -> None:
             opt.step()
 
 
-def timed(fn, rounds: int) -> float:
-    fn(0)  # warm-up (allocator, actor start)
-    times = []
-    for r in range(1, rounds + 1):
-        t = time.perf_counter()
-        fn(r)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def timed(fn, rnd: int) -> float:
+    t = time.perf_counter()
+    fn(rnd)
+    return time.perf_counter() - t
 
 
-def timed_fed(fed, rounds: int) -> tuple[float, float]:
-    """Median (train, whole round) seconds of a Federation's steps; evaluation every round."""
-    fed.step(0)
-    train, whole = [], []
-    for r in range(1, rounds + 1):
-        t = time.perf_counter()
-        fed.step(r)
-        whole.append(time.perf_counter() - t)
-        train.append(fed.timing["train_s"])
-    return statistics.median(train), statistics.median(whole)
+def fed_round(fed, rnd: int) -> tuple[float, float]:
+    """(train, whole round) seconds of one Federation step; evaluation every round."""
+    t = time.perf_counter()
+    fed.step(rnd)
+    return fed.timing["train_s"], time.perf_counter() - t
+
+
+def interleaved(runners: dict, rounds: int) -> dict[str, list[tuple[float, float | None]]]:
+    """Each runner's (train, round) seconds, the runners taking turns round by round: this
+    machine's speed drifts by up to 2x within minutes (a shared host), and a runner timed in
+    one block, the next in another, would compare two machines."""
+    times: dict = {name: [] for name in runners}
+    for rnd in range(rounds + 1):  # round 0: warm-up (allocator, actors' first turns)
+        for name, run in runners.items():
+            if rnd:
+                times[name].append(run(rnd))
+            else:
+                run(rnd)
+    return times
 
 
 def startup(workload: list[str], runtime: str, cache_dir: str) -> tuple[float, float]:
@@ -179,13 +188,11 @@ def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> l
     torch.set_num_threads(1)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
-    steps = sum(-(-len(c.train_y) // cfg.train.batch_size) for c in data.clients)
-    row = {"workload": name, "steps": steps}
-    rows = [{**row, "runner": "bare PyTorch loop", "train_s": timed(lambda r: bare_train(cfg, data, model, params, r), rounds),
-             "round_s": timed(lambda r: bare_round(cfg, data, model, params, r), rounds)},
-            {**row, "runner": "PFLlib-style loop", "train_s": timed(lambda r: pfllib_train(cfg, data, model, params, r), rounds)}]
-    train, whole = timed_fed(Federation(cfg, data, LocalRuntime(cfg, data)), rounds)
-    rows.append({**row, "runner": "pflalign local", "train_s": train, "round_s": whole})
+    runners = {"bare PyTorch loop": lambda r: bare_round(cfg, data, model, params, r),
+               "PFLlib-style loop": lambda r: (timed(lambda r: pfllib_train(cfg, data, model, params, r), r), None)}
+    local = Federation(cfg, data, LocalRuntime(cfg, data))
+    runners["pflalign local"] = lambda r: fed_round(local, r)
+    pools: dict = {}
     if ray_workers:
         import ray
 
@@ -194,20 +201,28 @@ def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> l
 
         connect(RayConfig(local_cpus=os.cpu_count()))  # loopback only, owner-only files
         for n in ray_workers:
-            cfg.ray.num_workers = n
-            runtime = RayRuntime(cfg, data)
-            train, whole = timed_fed(Federation(cfg, data, runtime), rounds)
+            # Every pool stays up for the interleaving: half a CPU each in Ray's books (placement
+            # only; a worker trains on one thread either way) so that they all fit the 2 CPUs.
+            fed = Federation(cfg, data, RayRuntime(replace(cfg, ray=replace(cfg.ray, num_workers=n, num_cpus=0.5)), data))
+            pools[f"pflalign ray, {n} worker(s)"] = fed.runtime
+            runners[f"pflalign ray, {n} worker(s)"] = lambda r, fed=fed: fed_round(fed, r)
+    times = interleaved(runners, rounds)
+    steps = sum(-(-len(c.train_y) // cfg.train.batch_size) for c in data.clients)
+    bare = times["bare PyTorch loop"]
+    rows = []
+    for runner, ts in times.items():
+        row = {"workload": name, "steps": steps, "runner": runner, "train_s": statistics.median(t for t, _ in ts),
+               "train_ratio": statistics.median(t / b for (t, _), (b, _) in zip(ts, bare))}
+        if ts[0][1] is not None:
+            row.update(round_s=statistics.median(w for _, w in ts),
+                       round_ratio=statistics.median(w / b for (_, w), (_, b) in zip(ts, bare)))
+        if runner in pools:
             rss = ray.get([a.__ray_call__.remote(lambda self: int(open("/proc/self/statm").read().split()[1])
-                                                 * os.sysconf("SC_PAGE_SIZE")) for a in runtime.actors])
-            runtime.close()
-            rows.append({**row, "runner": f"pflalign ray, {n} worker(s)", "train_s": train, "round_s": whole,
-                         "worker_rss_mb": sum(rss) / len(rss) / 2 ** 20})
+                                                 * os.sysconf("SC_PAGE_SIZE")) for a in pools[runner].actors])
+            row["worker_rss_mb"] = sum(rss) / len(rss) / 2 ** 20
+        rows.append(row)
+    if ray_workers:
         ray.shutdown()
-    bare = rows[0]
-    for r in rows:
-        r["train_ratio"] = r["train_s"] / bare["train_s"]
-        if "round_s" in r:
-            r["round_ratio"] = r["round_s"] / bare["round_s"]
     return rows
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pflalign.ray")
 IN_FLIGHT = 2  # batches of turns queued at each worker actor
-BATCHES_PER_SLOT, MAX_BATCH = 2, 32  # see RayRuntime._batches
+BATCHES_PER_SLOT, MAX_BATCH = 1, 32  # see RayRuntime._batches
 DEFAULT_TEMP_DIR = f"/tmp/pflalign-ray-{os.getuid()}"  # per user: another user's would be refused
 
 
@@ -122,18 +122,26 @@ class RayRuntime:
         """``actors``: a pool already started (``run_on_ray`` starts it with the driver), else one
         that fits the cluster is started here."""
         self.cfg, self.io = cfg, io or MemoryIO()
+        # What a turn costs, roughly (see _batches): training, its samples plus about two
+        # minibatches' worth of fixed work; an evaluation (forward passes only), mostly fixed work.
+        self.cost = {"train": data.train_sizes() + 2 * cfg.train.batch_size, "evaluate": np.ones(data.num_clients)}
         self.actors = actors or [new_worker(cfg, self.io) for _ in range(pool_size(cfg.ray, data.num_clients))]
         self.num_workers = len(self.actors)
         self.fault_pending = cfg.ray.fault_round is not None
 
-    def _batches(self, jobs: list) -> Iterator[tuple[int, list]]:
-        """Consecutive jobs in batches (start index, jobs): about BATCHES_PER_SLOT per in-flight
-        slot, so the per-task cost is paid a few times a round while a worker that finishes
-        early still finds batches left to take; at most MAX_BATCH turns (a dead worker's batch
-        is rerun, and the aggregation streams batch by batch)."""
-        slots = len(self.actors) * IN_FLIGHT
-        size = max(1, min(MAX_BATCH, len(jobs) // (slots * BATCHES_PER_SLOT)))
-        return ((i, jobs[i:i + size]) for i in range(0, len(jobs), size))
+    def _batches(self, method: str, jobs: list) -> Iterator[tuple[int, list]]:
+        """Consecutive jobs in batches (start index, jobs) of about equal cost, about
+        BATCHES_PER_SLOT per in-flight slot: Ray's per-task cost is paid a few times a round,
+        every worker gets as much to do, and the aggregation streams batch by batch. At most
+        MAX_BATCH turns a batch (a dead worker's batch is rerun whole)."""
+        costs = self.cost[method][[cid for cid, _ in jobs]]
+        target = costs.sum() / (len(self.actors) * IN_FLIGHT * BATCHES_PER_SLOT)
+        start, acc = 0, 0.0
+        for i, cost in enumerate(costs):
+            acc += cost
+            if acc >= target or i + 1 - start == MAX_BATCH or i + 1 == len(jobs):
+                yield start, jobs[start:i + 1]
+                start, acc = i + 1, 0.0
 
     def _dispatch(self, method: str, rnd: int, payload: dict, jobs: list, separate: bool = False) -> Iterator:
         """Run ``jobs`` on the pool in batches, IN_FLIGHT batches per actor; yield results in job order.
@@ -144,7 +152,7 @@ class RayRuntime:
         dead actor is replaced (once per death) and its batches rerun.
         """
         payload_ref = ray.put(to_numpy(payload))
-        queue = deque(self._batches(jobs))
+        queue = deque(self._batches(method, jobs))
         slots = deque(a for _ in range(IN_FLIGHT) for a in range(len(self.actors)))
         pending: dict = {}  # first return ref -> (batch, actor index, actor, all refs)
         ready: dict[int, Any] = {}
