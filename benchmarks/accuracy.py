@@ -100,7 +100,7 @@ def tune_method(method: str, algorithm: str, extra: list[str], base: list[str], 
             if (p.parent / "sweep.yaml").read_text() == sweep.to_yaml()]
     if not done:
         from pflalign.config import RayConfig
-        from pflalign.runtime.ray import connect
+        from pflalign.runtime.cluster import connect
 
         connect(RayConfig(local_cpus=args.jobs))  # no-op when Ray is up already
         outcome = run_sweep(sweep)

@@ -197,7 +197,8 @@ def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> l
         import ray
 
         from pflalign.config import RayConfig
-        from pflalign.runtime.ray import RayRuntime, connect
+        from pflalign.runtime.cluster import connect
+        from pflalign.runtime.ray import RayRuntime
 
         connect(RayConfig(local_cpus=os.cpu_count()))  # loopback only, owner-only files
         for n in ray_workers:
@@ -235,6 +236,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/throughput.md")
     ap.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,
                     help="also time a fresh process to the end of round 1")
+    ap.add_argument("--startup-runs", type=int, default=3)
     ap.add_argument("--flower-python", help="python of a venv with flwr[simulation]==1.42.0: also time Flower's start-up")
     args = ap.parse_args()
     workers = [int(n) for n in args.ray_workers.split(",") if n]
@@ -252,14 +254,19 @@ def main() -> None:
         lines.append(f"| {r['workload']} | {r['runner']} | {r['steps']} | {r['train_s']:.3f} | {r['train_ratio']:.2f}x "
                      f"| {whole} | {rss} |")
     if args.startup:
-        lines += ["", "| start-up of a fresh `pflalign run` (mlp) | to the end of round 1 (s) | to the process's exit (s) |",
-                  "|---|---:|---:|"]
-        for runtime in ("local", "ray"):
-            round_1, done = startup(WORKLOADS["mlp"], runtime, args.cache_dir)
-            lines.append(f"| pflalign {runtime} | {round_1:.1f} | {done:.1f} |")
+        starts = {"pflalign local": lambda: startup(WORKLOADS["mlp"], "local", args.cache_dir),
+                  "pflalign ray (local instance, driver actor, 2 workers)": lambda: startup(WORKLOADS["mlp"], "ray", args.cache_dir)}
         if args.flower_python:
-            round_1, done = flower_startup(args.flower_python, args.cache_dir)
-            lines.append(f"| Flower 1.42 simulation (flower_sim.py, 2 client actors) | {round_1:.1f} | {done:.1f} |")
+            starts["Flower 1.42 simulation (flower_sim.py, 2 client actors)"] = lambda: flower_startup(args.flower_python,
+                                                                                                       args.cache_dir)
+        times: dict = {name: [] for name in starts}
+        for _ in range(args.startup_runs):  # in turn, like the rounds
+            for name, start in starts.items():
+                times[name].append(start())
+        lines += ["", f"| start-up of a fresh process (mlp), median of {args.startup_runs} | to the end of round 1 (s) "
+                      "| to the process's exit (s) |", "|---|---:|---:|"]
+        for name, ts in times.items():
+            lines.append(f"| {name} | {statistics.median(r for r, _ in ts):.1f} | {statistics.median(d for _, d in ts):.1f} |")
     table = "\n".join(lines)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

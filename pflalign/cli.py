@@ -62,11 +62,12 @@ def cmd_run(args) -> int:
     from callbacks import default_callbacks
 
     from .config import load_config
-    from .experiment import finished_rounds, launch, load_run_config
 
     if args.resume:
         if args.config:
             raise InputError("--resume takes the run's own config.yaml; drop --config")
+        from .experiment import finished_rounds, load_run_config
+
         cfg = load_run_config(Path(args.resume), args.overrides)
         done = finished_rounds(Path(args.resume))
         if done is not None and done >= cfg.rounds:
@@ -76,7 +77,20 @@ def cmd_run(args) -> int:
             return 0
     else:
         cfg = load_config(args.config, args.overrides)
-    run_dir = launch(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
+    started = False
+    if cfg.runtime == "ray":  # a local instance starts while torch and the engine load
+        from .runtime.cluster import connect_meanwhile
+
+        started = connect_meanwhile(cfg.ray, "pflalign.experiment", "pflalign.runtime.ray")
+    try:
+        from .experiment import launch
+
+        run_dir = launch(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     print(run_dir)
     return 0
 

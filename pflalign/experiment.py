@@ -223,7 +223,8 @@ def run_experiment(cfg: Config, callbacks: CallbackFactory = lambda cfg, run_dir
 def launch(cfg: Config, callbacks: CallbackFactory, resume: Path | None = None) -> Path:
     """Run where ``cfg.runtime`` says: in this process, or in a driver actor on Ray.
 
-    The data, the run directory and a resumed checkpoint are checked here, before Ray starts.
+    The data, the run directory and a resumed checkpoint are checked here, before any actor
+    starts (the CLI may have started a local Ray instance already, see ``connect_meanwhile``).
     """
     if cfg.runtime != "ray":
         return run_experiment(cfg, callbacks, resume)

@@ -50,7 +50,7 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     from pflalign.config import RayConfig
-    from pflalign.runtime.ray import connect
+    from pflalign.runtime.cluster import connect
 
     home = tmp_path_factory.mktemp("ray-home")
     temp_dir = tempfile.mkdtemp(prefix="pfr-", dir="/tmp")  # short: Ray's unix sockets live here

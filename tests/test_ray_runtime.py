@@ -45,3 +45,31 @@ def test_every_algorithm_gives_the_same_numbers_on_ray(ray_tiny, algorithm):
     """No runtime special cases: each plug-in runs unchanged on Ray, bit for bit."""
     args = ray_tiny + [f"algorithm={algorithm}", "rounds=2"]
     assert jsonl(run_cli(args + ["name=ray", "runtime=ray"])) == jsonl(run_cli(args + ["name=local"]))
+
+
+def test_cli_started_instance_gives_the_local_numbers(tiny, tmp_path):
+    """`pflalign run runtime=ray` in a fresh process: it starts its own instance while the engine
+    imports (connect_meanwhile), runs, shuts the instance down and exits 0."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    home = Path(tempfile.mkdtemp(prefix="pfh-", dir="/tmp"))  # Ray writes $HOME/.ray/auth_token
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), PYTHONPATH=str(root))
+    temp_dir = tempfile.mkdtemp(prefix="pfc-", dir="/tmp")  # short: Ray's unix sockets live here
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pflalign.cli", "run", *tiny, "name=fresh", "runtime=ray",
+                               "ray.local_cpus=2", f"ray.temp_dir={temp_dir}"],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert Path(proc.stdout.strip().splitlines()[-1]) == tmp_path / "runs" / "fresh"
+        assert jsonl(tmp_path / "runs" / "fresh") == jsonl(run_cli(tiny + ["name=local"]))
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)

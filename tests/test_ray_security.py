@@ -23,7 +23,8 @@ CHILD = r"""
 import os, sys
 import ray
 from pflalign.config import RayConfig
-from pflalign.runtime.ray import Driver, connect
+from pflalign.runtime.cluster import connect
+from pflalign.runtime.ray import Driver
 from pflalign.serialize import umask
 
 assert connect(RayConfig(temp_dir=sys.argv[1], local_cpus=1))
@@ -158,7 +159,7 @@ def wait_for(predicate, timeout: float, what: str, child: subprocess.Popen, log:
 
 
 def test_local_instance_listens_on_loopback_only_and_keeps_files_private(tmp_path):
-    from pflalign.runtime.ray import RAY_SUBDIR  # here: importing it loads torch and ray
+    from pflalign.runtime.cluster import RAY_SUBDIR  # here: importing it loads ray
 
     temp_dir = Path(tempfile.mkdtemp(prefix="pfs-", dir="/tmp"))  # short: Ray's unix sockets live here
     home = Path(tempfile.mkdtemp(prefix="pfh-", dir="/tmp"))  # Ray writes $HOME/.ray/auth_token
@@ -233,7 +234,7 @@ def test_a_temp_dir_of_another_user_is_refused(tmp_path):
     import pytest
 
     from pflalign.errors import ConfigError
-    from pflalign.runtime.ray import _private_dir
+    from pflalign.runtime.cluster import _private_dir
 
     theirs = Path("/tmp")  # root's: another user's for anyone but root
     if os.getuid() == 0:

@@ -79,7 +79,7 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None) -> Outcome:
     """A new sweep (``sweep_dir=None``) or the continuation of the one in ``sweep_dir``."""
     import ray
 
-    from pflalign.runtime.ray import connect
+    from pflalign.runtime.cluster import connect
 
     resume = sweep_dir is not None
     if not resume:
