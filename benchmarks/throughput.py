@@ -1,16 +1,19 @@
 """Throughput: framework overhead per client turn and per round, start-up, memory per worker.
 
-FedAvg on the same clients, batches and model, 1 torch thread per worker, median of --rounds
-rounds after a warm-up. Reference loops in one process:
+FedAvg on the same clients, batches and model, 1 torch thread per worker. Reference loops in
+one process:
 - bare: a plain PyTorch loop doing the same local steps on the same batches (in-memory batches
   by index, as pflalign makes them), then the same weighted average, then evaluation;
 - PFLlib-style: per-client DataLoader(TensorDataset, shuffle=True) with per-sample collate and
   a model copy per turn, the way PFLlib's clients train (training only).
 "train" is local training (with the streaming average, for pflalign); "round" adds the
-evaluation of every client. Start-up: a fresh `pflalign run` process to the end of round 1.
+evaluation of every client. The runners take turns round by round (this host's speed drifts),
+and a ratio is the median of same-round ratios. Start-up: a fresh `pflalign run` process to
+the end of round 1, and with --flower-python the same workload as a Flower simulation
+(flower_sim.py), median of --startup-runs.
 
     python benchmarks/throughput.py                   # mlp (MNIST-1D) and cnn (Fashion-MNIST if installed)
-    python benchmarks/throughput.py --workloads mlp --rounds 5 --ray-workers 1,2
+    python benchmarks/throughput.py --workloads mlp --rounds 40 --ray-workers 1,2 --flower-python ~/flower-venv/bin/python
 
 Prints markdown tables and writes them to benchmarks/results/throughput.md.
 """
