@@ -27,7 +27,7 @@ from .config import Config, load_config, to_dict
 from .data import build_federated_data
 from .errors import ConfigError, NonFiniteLossError, RunInterrupted
 from .federation import Federation
-from .models import build_model
+from .models import build_model, model_bytes
 from .runlog import JsonlWriter, TimingLog
 from .runtime import build_runtime
 from .store import STATES, DiskIO, MemoryIO, choose_kind
@@ -174,9 +174,7 @@ def _sigint_raises_interrupt() -> Iterator[None]:
 
 def state_io(cfg: Config, data, run_dir: Path) -> MemoryIO | DiskIO:
     """Where this run keeps client states (``state_store``; ``auto`` sizes them first)."""
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    kind = choose_kind(cfg.state_store, data.num_clients, model_bytes)
+    kind = choose_kind(cfg.state_store, data.num_clients, model_bytes(cfg.model, data.input_shape, data.num_classes))
     return DiskIO(Path(run_dir) / STATES) if kind == "disk" else MemoryIO()
 
 

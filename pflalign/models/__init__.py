@@ -22,4 +22,9 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> SplitMod
     return MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
 
 
-__all__ = ["MODELS", "SplitModel", "build_model", "nn"]
+def model_bytes(cfg, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Bytes of one copy of the model's parameters (what sizes client states and uploads)."""
+    return sum(p.numel() * p.element_size() for p in build_model(cfg, input_shape, num_classes).parameters())
+
+
+__all__ = ["MODELS", "SplitModel", "build_model", "model_bytes", "nn"]

@@ -25,12 +25,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..errors import ConfigError, RunInterrupted, RunStopped
 from ..serialize import umask
-from ..store import DiskIO, MemoryIO
+from ..models import model_bytes
+from ..store import MODEL_COPIES, DiskIO, MemoryIO
 from .cluster import connect
 
 log = logging.getLogger("pflalign.ray")
 IN_FLIGHT = 2  # batches of turns queued at each worker actor
-BATCHES_PER_SLOT, MAX_BATCH = 1, 32  # see RayRuntime._batches
+BATCHES_PER_SLOT, MAX_BATCH, BATCH_BYTES = 1, 32, 256 * 2**20  # see RayRuntime._batches
 
 
 def to_numpy(obj: Any) -> Any:
@@ -121,6 +122,11 @@ class RayRuntime:
         # What a turn costs, roughly (see _batches): training, its samples plus about two
         # minibatches' worth of fixed work; an evaluation (forward passes only), mostly fixed work.
         self.cost = {"train": data.train_sizes() + 2 * cfg.train.batch_size, "evaluate": np.ones(data.num_clients)}
+        # A training batch's uploads (a model each) and memory-store states (up to MODEL_COPIES
+        # models each) sit in the worker until the batch ends: at most BATCH_BYTES of them.
+        turn_bytes = model_bytes(cfg.model, data.input_shape, data.num_classes) * (
+            1 + (MODEL_COPIES if self.io.kind == "memory" else 0))
+        self.max_turns = {"train": max(1, min(MAX_BATCH, BATCH_BYTES // turn_bytes)), "evaluate": MAX_BATCH}
         self.actors = actors or [new_worker(cfg, self.io) for _ in range(pool_size(cfg.ray, data.num_clients))]
         self.num_workers = len(self.actors)
         self.fault_pending = cfg.ray.fault_round is not None
@@ -129,13 +135,14 @@ class RayRuntime:
         """Consecutive jobs in batches (start index, jobs) of about equal cost, about
         BATCHES_PER_SLOT per in-flight slot: Ray's per-task cost is paid a few times a round,
         every worker gets as much to do, and the aggregation streams batch by batch. At most
-        MAX_BATCH turns a batch (a dead worker's batch is rerun whole)."""
+        ``max_turns`` a batch (a dead worker's batch is rerun whole; a batch's outputs wait in
+        the worker's memory until it ends)."""
         costs = self.cost[method][[cid for cid, _ in jobs]]
         target = costs.sum() / (len(self.actors) * IN_FLIGHT * BATCHES_PER_SLOT)
         start, acc = 0, 0.0
         for i, cost in enumerate(costs):
             acc += cost
-            if acc >= target or i + 1 - start == MAX_BATCH or i + 1 == len(jobs):
+            if acc >= target or i + 1 - start == self.max_turns[method] or i + 1 == len(jobs):
                 yield start, jobs[start:i + 1]
                 start, acc = i + 1, 0.0
 
