@@ -73,3 +73,23 @@ def test_cli_started_instance_gives_the_local_numbers(tiny, tmp_path):
 
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_batches_cover_the_jobs_in_order_within_their_limits(tiny):
+    """Batches are consecutive, cover every job once, balance cost and respect max_turns."""
+    from pflalign.config import load_config
+    from pflalign.experiment import prepare
+    from pflalign.runtime.ray import RayRuntime
+
+    cfg = load_config(None, tiny + ["data.num_clients=40"])
+    data = prepare(cfg)
+    runtime = RayRuntime(cfg, data, actors=["a", "b"])  # placeholders: batching never calls an actor
+    jobs = [(cid, None) for cid in range(40)]
+    batches = list(runtime._batches("train", jobs))
+    assert [job for _, batch in batches for job in batch] == jobs
+    assert [start for start, _ in batches] == [sum(len(b) for _, b in batches[:i]) for i in range(len(batches))]
+    assert 3 <= len(batches) <= 4  # about one batch per in-flight slot (2 workers x 2)
+    costs = [runtime.cost["train"][[c for c, _ in batch]].sum() for _, batch in batches[:-1]]
+    assert min(costs) >= sum(runtime.cost["train"]) / 4 and max(costs) < 2 * min(costs)
+    runtime.max_turns["train"] = 3
+    assert max(len(batch) for _, batch in runtime._batches("train", jobs)) == 3
