@@ -9,6 +9,7 @@ import argparse
 import errno
 import sys
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import InputError, RunStopped
@@ -77,20 +78,15 @@ def cmd_run(args) -> int:
             return 0
     else:
         cfg = load_config(args.config, args.overrides)
-    started = False
+    ray_scope = nullcontext()
     if cfg.runtime == "ray":  # a local instance starts while torch and the engine load
-        from .runtime.cluster import connect_meanwhile
+        from .runtime.cluster import connected
 
-        started = connect_meanwhile(cfg.ray, "pflalign.experiment", "pflalign.runtime.ray")
-    try:
+        ray_scope = connected(cfg.ray, "pflalign.experiment", "pflalign.runtime.ray")
+    with ray_scope:
         from .experiment import launch
 
         run_dir = launch(cfg, default_callbacks, resume=Path(args.resume) if args.resume else None)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     print(run_dir)
     return 0
 

@@ -222,7 +222,7 @@ def launch(cfg: Config, callbacks: CallbackFactory, resume: Path | None = None) 
     """Run where ``cfg.runtime`` says: in this process, or in a driver actor on Ray.
 
     The data, the run directory and a resumed checkpoint are checked here, before any actor
-    starts (the CLI may have started a local Ray instance already, see ``connect_meanwhile``).
+    starts (the CLI may have started a local Ray instance already, see ``cluster.connected``).
     """
     if cfg.runtime != "ray":
         return run_experiment(cfg, callbacks, resume)

@@ -49,7 +49,7 @@ def test_every_algorithm_gives_the_same_numbers_on_ray(ray_tiny, algorithm):
 
 def test_cli_started_instance_gives_the_local_numbers(tiny, tmp_path):
     """`pflalign run runtime=ray` in a fresh process: it starts its own instance while the engine
-    imports (connect_meanwhile), runs, shuts the instance down and exits 0."""
+    imports (cluster.connected), runs, shuts the instance down and exits 0."""
     import os
     import subprocess
     import sys

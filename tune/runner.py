@@ -77,9 +77,7 @@ def _tuner(sweep: Sweep, sweep_dir: Path, resume: bool):
 
 def run_sweep(sweep: Sweep, sweep_dir: Path | None = None) -> Outcome:
     """A new sweep (``sweep_dir=None``) or the continuation of the one in ``sweep_dir``."""
-    import ray
-
-    from pflalign.runtime.cluster import connect
+    from pflalign.runtime.cluster import connected
 
     resume = sweep_dir is not None
     if not resume:
@@ -87,12 +85,8 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None) -> Outcome:
         sweep_dir.mkdir(parents=True)
         write_text(sweep_dir / "sweep.yaml", sweep.to_yaml())
     sweep_dir = sweep_dir.resolve()  # Tune's storage_path must be absolute
-    started = connect(sweep.cfg.ray)  # reuses an initialized Ray, else joins/starts one
-    try:
+    with connected(sweep.cfg.ray):  # reuses an initialized Ray, else joins/starts one
         grid = _tuner(sweep, sweep_dir, resume).fit()
-    finally:
-        if started:
-            ray.shutdown()
     return finish(sweep, sweep_dir, grid)
 
 

@@ -1,5 +1,5 @@
 """Joining or starting the Ray cluster (no torch here: a local instance can start while the
-engine's heavy imports load, see ``connect_meanwhile``)."""
+engine's heavy imports load, see ``connected``)."""
 from __future__ import annotations
 
 import importlib
@@ -107,13 +107,20 @@ def connect(rc: RayConfig) -> bool:
     return True
 
 
-def connect_meanwhile(rc: RayConfig, *modules: str) -> bool:
-    """``connect``, importing ``modules`` in a thread meanwhile: a local instance takes seconds
-    to start, mostly waiting for its processes, which is when torch and the engine can load.
-    (Only imports run alongside: ``connect`` holds the process umask at 077 while it starts Ray.)"""
-    importer = threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True)
+@contextmanager
+def connected(rc: RayConfig, *imports: str) -> Iterator[None]:
+    """Ray for the scope: joined, or a local instance started here and shut down at the end (one
+    already up is left as it is). ``imports`` load in a thread meanwhile: a local instance takes
+    seconds to start, mostly waiting for its processes, which is when torch and the engine can
+    load. (Only imports run alongside: ``connect`` holds the process umask at 077 meanwhile.)"""
+    importer = threading.Thread(target=lambda: [importlib.import_module(m) for m in imports], daemon=True)
     importer.start()
     try:
-        return connect(rc)
+        started = connect(rc)
     finally:
         importer.join()
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

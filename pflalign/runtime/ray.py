@@ -27,7 +27,7 @@ from ..errors import ConfigError, RunInterrupted, RunStopped
 from ..serialize import umask
 from ..models import model_bytes
 from ..store import MODEL_COPIES, DiskIO, MemoryIO
-from .cluster import connect
+from .cluster import connected
 
 log = logging.getLogger("pflalign.ray")
 IN_FLIGHT = 2  # batches of turns queued at each worker actor
@@ -243,9 +243,14 @@ def run_on_ray(cfg, data, callbacks, open_run: Callable[[], tuple[Path, dict | N
     request, so a request it cannot serve leaves nothing behind. The worker pool starts here,
     alongside the driver: both import their libraries and load the data at the same time.
     """
+    with connected(cfg.ray):
+        return _run_driver(cfg, data, callbacks, open_run)
+
+
+def _run_driver(cfg, data, callbacks, open_run: Callable[[], tuple[Path, dict | None]]) -> Path:
+    """The run dir, the driver and the pool, on a connected cluster; the actors end with the run."""
     from ..experiment import resume_hint, state_io
 
-    started = connect(cfg.ray)
     driver, actors = None, []
     try:
         num_workers = pool_size(cfg.ray, data.num_clients)  # fail fast, before any actor starts
@@ -270,5 +275,3 @@ def run_on_ray(cfg, data, callbacks, open_run: Callable[[], tuple[Path, dict | N
         for actor in [driver, *actors]:  # on a shared cluster they would go on running
             if actor is not None:
                 ray.kill(actor, no_restart=True)
-        if started:
-            ray.shutdown()
