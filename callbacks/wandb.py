@@ -126,6 +126,7 @@ class WandbLogger:
         import wandb
 
         row = {k: v for k, v in record.items() if not isinstance(v, list)}
+        row.update({f"time/{k}": v for k, v in fed.timing.items() if k != "round"})  # timings.jsonl's row
         if "client_acc" in record:
             row["client_acc"] = wandb.Histogram(record["client_acc"])
         self.run.log(row, step=record["round"])

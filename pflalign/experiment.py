@@ -9,6 +9,7 @@ import json
 import logging
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -44,6 +45,29 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def git_version() -> dict | None:
+    """The commit of the checkout pflalign runs from, and whether its tracked files differ from
+    it (results must name the code that made them); None when installed from a wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                                timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def communication(history: list[dict]) -> dict:
+    """Bytes uploaded and sent over all rounds (metrics.jsonl has them per round)."""
+    return {"up_bytes": sum(h.get("comm_up_bytes", 0) for h in history),
+            "down_bytes": sum(h.get("comm_down_bytes", 0) for h in history),
+            "total_bytes": history[-1].get("comm_total_bytes", 0) if history else 0}
 
 
 def prepare(cfg: Config):
@@ -183,11 +207,11 @@ def run_federation(cfg: Config, data, run_dir: Path, snapshot: dict | None,
     """Run the round loop in this process from ``snapshot`` (None: round 0); writes results.json.
     ``runtime``: where the turns run (default: ``cfg.runtime`` with the ``state_store`` it asks for)."""
     runtime = runtime or build_runtime(cfg, data, state_io(cfg, data, run_dir))
-    metrics = JsonlWriter(run_dir)
+    metrics, timings = JsonlWriter(run_dir), TimingLog(run_dir)
     checkpointer = Checkpointer(run_dir, cfg.checkpoint_every, snapshot["round"] if snapshot else None)
     start = time.perf_counter()
     try:
-        fed = Federation(cfg, data, runtime, [metrics, checkpointer, TimingLog(run_dir), *callbacks(cfg, run_dir)],
+        fed = Federation(cfg, data, runtime, [metrics, checkpointer, timings, *callbacks(cfg, run_dir)],
                          state_dir=Path(run_dir) / STATES)
         if snapshot is not None:
             fed.restore(snapshot)
@@ -202,10 +226,11 @@ def run_federation(cfg: Config, data, run_dir: Path, snapshot: dict | None,
         runtime.close()
     write_json(run_dir / "results.json", {
         "algorithm": cfg.algorithm, "label": cfg.label or cfg.algorithm, "seed": cfg.seed, "experiment": cfg.experiment, **results,
-        "rounds": fed.round, "wall_time_s": round(time.perf_counter() - start, 3),
+        "rounds": fed.round, "wall_time_s": round(time.perf_counter() - start, 3), "time_s": timings.totals(),
+        "comm": communication(fed.history),
         "resumed_from_round": snapshot["round"] if snapshot else None, "state_store": runtime.io.kind,
         "evaluated": cfg.eval_clients if cfg.eval_clients != "subset" else f"subset of {cfg.eval_subset}",
-        "versions": versions(), "command": " ".join(sys.argv), "config": to_dict(cfg)})
+        "versions": versions(), "git": git_version(), "command": " ".join(sys.argv), "config": to_dict(cfg)})
     return run_dir
 
 

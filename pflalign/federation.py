@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .algorithms import build_algorithm
+from .algorithms.base import nbytes
 from .metrics import final_results, summarize
 from .models import build_model
 from .seeds import turn_seed
@@ -35,6 +36,7 @@ class Federation:
         self.states = ClientStates(runtime.io, data.num_clients, state_dir or getattr(runtime.io, "root", None))
         self.history: list[dict] = []
         self.timing: dict = {}  # the last round's wall times (train_s, eval_s, checkpoint_s, ...)
+        self.round_started = 0.0  # perf_counter() at the start of the current round
         self.round = 0  # rounds completed
 
     @property
@@ -67,16 +69,18 @@ class Federation:
     def step(self, rnd: int) -> dict:
         """One round; returns its metrics record (wall times go to ``self.timing``, not the record:
         the record is the same on every rerun)."""
-        start = time.perf_counter()
+        start = self.round_started = time.perf_counter()
         clients = self.sample(rnd)
         payload = self.algorithm.payload(self.global_params, self.server_state)
         results = self.runtime.train(rnd, payload, self.states.jobs(clients))
         client_stats: list[dict] = []
+        up_bytes: list[int] = []
 
         def uploads():  # in client order, as the runtime delivers them: aggregation streams
             for upload, handle in results:
                 self.states.update(upload.client_id, rnd + 1, handle)
                 client_stats.append(upload.data.pop("stats", {}))
+                up_bytes.append(nbytes(upload.data))
                 yield upload
 
         stream = uploads()
@@ -85,8 +89,8 @@ class Federation:
         for _ in stream:  # an algorithm that ignores uploads (local) must still train everyone
             pass
         stats = self.algorithm.round_stats(client_stats)
-        record = {"round": rnd + 1, "clients": len(clients), **stats}
-        self.timing = {"round": rnd + 1, "train_s": time.perf_counter() - start}
+        record = {"round": rnd + 1, "clients": len(clients), **stats, **self._communication(payload, clients, up_bytes)}
+        self.timing = {"round": rnd + 1, "train_s": time.perf_counter() - start, "eval_s": 0.0}
         if self._is_eval_round(rnd):
             start = time.perf_counter()
             payload = self.algorithm.payload(self.global_params, self.server_state)
@@ -97,6 +101,13 @@ class Federation:
                 record["eval_clients"] = len(evaluated)
             self.timing["eval_s"] = time.perf_counter() - start
         return record
+
+    def _communication(self, payload: dict, clients: list[int], up_bytes: list[int]) -> dict:
+        """Bytes the sampled clients were sent and uploaded this round, and all rounds' so far."""
+        down = sum(nbytes(self.algorithm.download(payload, c)) for c in clients)
+        before = self.history[-1].get("comm_total_bytes", 0) if self.history else 0
+        return {"comm_up_bytes": sum(up_bytes), "comm_down_bytes": down,
+                "comm_total_bytes": before + sum(up_bytes) + down}
 
     def run(self) -> dict:
         for cb in self.callbacks:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 from .checkpoint import write_text
@@ -41,8 +42,12 @@ class JsonlWriter:
 
 
 class TimingLog:
-    """timings.jsonl: each round's wall times (train, evaluation, checkpoint), kept apart from
-    metrics.jsonl so that the metrics stay identical from run to run (a resume appends)."""
+    """timings.jsonl: each round's wall times, kept apart from metrics.jsonl so that the metrics
+    stay identical from run to run. ``round_s`` spans the whole round: training, evaluation
+    (``eval_s``, 0 in rounds without one), metrics and the checkpoint (``checkpoint_s``, when one
+    was written). A resume appends, so a replayed round has two rows: the file is the time spent."""
+
+    TOTALS = ("train_s", "eval_s", "checkpoint_s", "round_s")
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "timings.jsonl"
@@ -51,8 +56,14 @@ class TimingLog:
         pass
 
     def on_round_end(self, fed, record: dict) -> None:
+        fed.timing["round_s"] = time.perf_counter() - fed.round_started  # the callbacks before this one included
         with self.path.open("a") as f:
             f.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in fed.timing.items()}) + "\n")
 
     def on_run_end(self, fed, results: dict) -> None:
         pass
+
+    def totals(self) -> dict:
+        """Seconds spent in each part over every row (resumed sessions and replays included)."""
+        rows = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+        return {k: round(sum(r.get(k, 0.0) for r in rows), 3) for k in self.TOTALS}

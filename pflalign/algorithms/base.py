@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -134,6 +135,20 @@ def weighted_mean(items: Iterable[tuple[Params, float]]) -> Params:
     return unflatten((acc / total).to(next(iter(like.values())).dtype), like)
 
 
+def nbytes(obj: Any) -> int:
+    """Bytes of the tensors and arrays in a (nested) payload or upload: what would cross the
+    network. Python scalars (a loss, a count) are not counted: they are a few bytes each."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
+
+
 class Algorithm:
     """FedAvg (McMahan et al., 2017): start from the global model, train, average the updates."""
 
@@ -152,6 +167,12 @@ class Algorithm:
     def payload(self, global_params: Params, server_state: dict) -> dict:
         """What every sampled client receives this round (broadcast once)."""
         return {"global": global_params}
+
+    def download(self, payload: dict, client_id: int) -> dict:
+        """The part of the payload client ``client_id`` is sent (communication accounting: the
+        payload is one object for all clients, but a server that keeps a model per client sends
+        each client only its own)."""
+        return payload
 
     def aggregate(self, uploads: Iterable[Upload], global_params: Params,
                   server_state: dict) -> tuple[Params, dict]:

@@ -71,6 +71,10 @@ class FedAMP(Algorithm):
     def payload(self, global_params: Params, server_state: dict) -> dict:
         return {"global": global_params, "cloud": server_state["cloud"]}
 
+    def download(self, payload: dict, client_id: int) -> dict:
+        """Each client is sent its own cloud model (the global one until it has one)."""
+        return {"cloud": payload["cloud"].get(client_id, payload["global"])}
+
     def aggregate(self, uploads: Iterable[Upload], global_params: Params, server_state: dict):
         models, weights = dict(server_state["models"]), dict(server_state["weights"])
         for u in uploads:

@@ -34,6 +34,10 @@ class FedBABU(Algorithm):
     def local_phases(self, turn: Turn) -> list[Phase]:
         return [Phase("body", params="body")]
 
+    def download(self, payload: dict, client_id: int) -> dict:
+        """The body: the head is the seeded initialization, never updated."""
+        return {"global": part(payload["global"], "body")}
+
     def client_begin(self, module, turn: Turn) -> None:
         module.load_params(turn.payload["global"])
         turn.scratch["start"] = part(turn.payload["global"], "body")

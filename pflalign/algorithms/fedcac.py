@@ -82,6 +82,11 @@ class FedCAC(Algorithm):
     def payload(self, global_params: Params, server_state: dict) -> dict:
         return {"global": global_params, "custom": server_state["custom"]}
 
+    def download(self, payload: dict, client_id: int) -> dict:
+        """The global model and this client's customized model (once it has one)."""
+        custom = payload["custom"].get(client_id)
+        return {"global": payload["global"], **({"custom": custom} if custom is not None else {})}
+
     def aggregate(self, uploads: Iterable[Upload], global_params: Params, server_state: dict):
         uploads = list(uploads)
         new_global = weighted_mean((u.data["model"], u.weight) for u in uploads)

@@ -40,6 +40,10 @@ class FedPer(Algorithm):
         """Global shared part + this client's own local part (the global init before its first turn)."""
         return {**turn.payload["global"], **turn.state.get(self.local, {})}
 
+    def download(self, payload: dict, client_id: int) -> dict:
+        """Only the shared part travels (a first turn's local part is the seeded initialization)."""
+        return {"global": part(payload["global"], self.shared)}
+
     def client_begin(self, module, turn: Turn) -> None:
         start = self._model(turn)
         module.load_params(start)

@@ -12,6 +12,9 @@ class Local(Algorithm):
     def client_begin(self, module, turn: Turn) -> None:
         module.load_params(turn.state.get("theta", turn.payload["global"]))
 
+    def download(self, payload: dict, client_id: int) -> dict:
+        return {}  # the common initialization comes from the seed, not from a server
+
     def client_end(self, module, turn: Turn) -> dict:
         turn.state["theta"] = module.params()
         return {}
