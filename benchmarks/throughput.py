@@ -51,10 +51,12 @@ WORKLOADS = {
 }
 
 
-def bare_train(cfg, data, model, global_params, rnd: int) -> list:
-    """Every client's local steps written directly in PyTorch, with the framework's batch order."""
+def bare_train(cfg, data, model, global_params, rnd: int, clients: list[int] | None = None) -> list:
+    """Each client's local steps (default: every client) written directly in PyTorch, with the
+    framework's batch order."""
     updates = []
-    for cid, client in enumerate(data.clients):
+    for cid in range(data.num_clients) if clients is None else clients:
+        client = data.clients[cid]
         with torch.no_grad():
             for k, p in model.named_parameters():
                 p.copy_(global_params[k])
@@ -105,6 +107,33 @@ def pfllib_train(cfg, data, model, global_params, rnd: int) -> None:
             opt.zero_grad()
             F.cross_entropy(local(x), y).backward()
             opt.step()
+
+
+class BareActor:
+    """The bare loop inside a Ray actor, for a share of the clients: what any framework on Ray
+    could reach at best on this machine (Ray's task cost and the actors' CPU contention only)."""
+
+    def __init__(self, cfg, data):
+        torch.set_num_threads(1)
+        self.cfg, self.data = cfg, data
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes)
+
+    def train(self, global_params: dict, clients: list[int], rnd: int) -> list:
+        params = {k: torch.from_numpy(np.array(v)) for k, v in global_params.items()}
+        updates = bare_train(self.cfg, self.data, self.model, params, rnd, clients)
+        return [({k: v.numpy() for k, v in u.items()}, n) for u, n in updates]
+
+
+def bare_ray_train(actors: list, cfg, data, global_params: dict, rnd: int) -> float:
+    """Training seconds of the bare loop split over ``actors`` (consecutive client blocks), averaged here."""
+    import ray
+
+    t = time.perf_counter()
+    ref = ray.put({k: v.numpy() for k, v in global_params.items()})
+    blocks = np.array_split(np.arange(data.num_clients), len(actors))
+    outs = ray.get([a.train.remote(ref, b.tolist(), rnd) for a, b in zip(actors, blocks)])
+    weighted_mean([({k: torch.from_numpy(np.array(v)) for k, v in u.items()}, n) for out in outs for u, n in out])
+    return time.perf_counter() - t
 
 
 def timed(fn, rnd: int) -> float:
@@ -205,11 +234,15 @@ def measure(name: str, rounds: int, ray_workers: list[int], cache_dir: str) -> l
 
         connect(RayConfig(local_cpus=os.cpu_count()))  # loopback only, owner-only files
         for n in ray_workers:
-            # Every pool stays up for the interleaving: half a CPU each in Ray's books (placement
-            # only; a worker trains on one thread either way) so that they all fit the 2 CPUs.
+            # Every pool stays up for the interleaving: half a CPU per worker, a tenth per bare
+            # actor in Ray's books (placement only; each trains on one thread either way), so that
+            # pools of 1 and 2 all fit 2 CPUs.
             fed = Federation(cfg, data, RayRuntime(replace(cfg, ray=replace(cfg.ray, num_workers=n, num_cpus=0.5)), data))
             pools[f"pflalign ray, {n} worker(s)"] = fed.runtime
             runners[f"pflalign ray, {n} worker(s)"] = lambda r, fed=fed: fed_round(fed, r)
+            actors = [ray.remote(num_cpus=0.1)(BareActor).remote(cfg, data) for _ in range(n)]
+            runners[f"bare loop in {n} Ray actor(s) (ceiling)"] = (
+                lambda r, actors=actors: (bare_ray_train(actors, cfg, data, params, r), None))
     times = interleaved(runners, rounds)
     steps = sum(-(-len(c.train_y) // cfg.train.batch_size) for c in data.clients)
     bare = times["bare PyTorch loop"]
