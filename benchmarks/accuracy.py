@@ -3,8 +3,9 @@
 1. Tune (validation only). For each setting, pFLAlign and each method in ``TUNED`` get the same
    budget: one Ray Tune sweep of ``--trials`` trials (the defaults first, then random draws),
    ASHA on ``val_acc_last10``, ``--tune-rounds`` rounds, seed 0. A method's search space is its
-   ``configs/sweeps/<method>.yaml`` space when that file exists, else every hyperparameter the
-   algorithm declares a sweep range for; ``train.lr`` always, over the setting's range.
+   packaged sweep's space (``pflalign/configs/sweeps/<method>.yaml``) when there is one, else
+   every hyperparameter the algorithm declares a sweep range for; ``train.lr`` always, over the
+   setting's range.
    ALGORITHM.md's control (FedAvg+FT with persistent momentum, ``fedavg_ft_pm``) is tuned too.
 2. Test. Every algorithm (tuned ones with their best trial's values, the others with their
    defaults), the control, and pFLAlign's ablation (its tuned config with mechanism 1 / 2 /
@@ -34,8 +35,8 @@ from gradvar import collect as collect_gradvar
 from gradvar import summarize as summarize_gradvar
 from pflalign.algorithms import ALGORITHMS
 from pflalign.checkpoint import experiment_identity, identity_of
-from pflalign.compare import load_results, summary_table
-from pflalign.config import load_config, to_dict
+from pflalign.compare import format_table, load_results, summary_table
+from pflalign.config import load_config, packaged, to_dict
 from pflalign.errors import NonFiniteLossError
 from pflalign.experiment import launch
 from pflalign.report import plot_curves, write_report
@@ -75,8 +76,8 @@ COLUMNS = ["acc (weighted, last 10)", "worst client", "bottom 10%", "stability s
 
 
 def search_space(method: str, lr_range: tuple[float, float], base: list[str]) -> dict:
-    sweep_file = ROOT / "configs" / "sweeps" / f"{method}.yaml"
-    if sweep_file.is_file():
+    sweep_file = packaged("sweep").get(method)
+    if sweep_file is not None:
         space = dict(yaml.safe_load(sweep_file.read_text())["space"])
     else:
         hparams = load_config(None, [*base, f"algorithm={method}"]).algo
@@ -183,7 +184,7 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]
     if not dirs:
         raise SystemExit(f"{name}: every run diverged ({diverged[0]['error']})")
     results = load_results(dirs)
-    table = summary_table(results)
+    table = format_table(summary_table(results))
     order = results.groupby("label")[COLUMNS[0]].mean().sort_values(ascending=False).index
     table = table.loc[order, ["seeds", *[c for c in COLUMNS if c in table]]]
     dest = args.results / name

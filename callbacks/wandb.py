@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pflalign.config import to_dict
 from pflalign.errors import ConfigError
+from pflalign.plugins import short_name
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 2.0
@@ -113,10 +114,10 @@ class WandbLogger:
 
         cfg = self.cfg
         self.run = wandb.init(
-            project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.experiment, job_type=cfg.algorithm,
+            project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.experiment, job_type=short_name(cfg.algorithm),
             name=self.run_dir.name, id=self.run_dir.name.replace("/", "-")[-64:], resume="allow",
             config=to_dict(cfg), dir=str(self.run_dir), mode=resolve_mode(cfg.wandb.mode),
-            tags=[cfg.algorithm, cfg.data.dataset, f"seed{cfg.seed}"])
+            tags=[short_name(cfg.algorithm), short_name(cfg.data.dataset), f"seed{cfg.seed}"])  # W&B: <= 64 chars
         if fed.round == 0:
             from pflalign.plots import partition_heatmap
             fig = partition_heatmap(fed.data.histograms("train"))

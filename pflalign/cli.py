@@ -14,7 +14,28 @@ from pathlib import Path
 
 from .errors import InputError, RunStopped
 
-LISTS = ("algorithms", "datasets", "models", "partitions", "keys")
+LISTS = ("algorithms", "datasets", "models", "partitions", "keys", "configs")
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand's parser that takes options and ``KEY=VALUE`` overrides in any order
+    (``pflalign run rounds=2 --config fmnist wandb.mode=disabled``).
+
+    argparse's intermixed parsing does exactly this, but the top-level parser cannot use it (it
+    refuses parsers with subcommands), so each subcommand's parser switches to it when the
+    top-level parser hands it its arguments.
+    """
+
+    _inside = False  # argparse's intermixed parsing calls parse_known_args itself (its two passes)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def _keys_help() -> str:
@@ -29,32 +50,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pflalign", description="Personalized federated learning with gradient alignment (pFLAlign) "
         "and pFL baselines, on Lightning clients, locally or on Ray.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
     run = sub.add_parser("run", help="run one federation", epilog=_keys_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Run one experiment; prints the run directory as its last line.")
-    run.add_argument("--config", help="YAML experiment file (e.g. configs/default.yaml)")
+                         description="Run one experiment; prints the run directory as its last line.\n"
+                         "Options and KEY=VALUE overrides may come in any order.")
+    run.add_argument("--config", metavar="NAME|FILE",
+                     help="experiment: a packaged preset (`pflalign list configs`, e.g. fmnist) or a YAML file")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.alpha=0.5")
-    cmp = sub.add_parser("compare", help="run algorithms x seeds on identical partitions and tabulate",
-                         description="Every algorithm runs on the same data partition and client-sampling "
-                         "stream for a given seed; prints a mean +- std table and writes it as .md/.csv.")
-    cmp.add_argument("--algorithms", required=True, help="comma-separated, e.g. pflalign,fedavg_ft,local")
+    cmp = sub.add_parser("compare", help="run algorithms/variants x seeds on identical partitions and tabulate",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Every variant runs on the same data partition and client-sampling stream for "
+                         "a given seed;\nprints a mean +- std table and writes it as compare.md/.csv with every run "
+                         "under out_dir/compare-<time>/.",
+                         epilog="A variant sets only algorithm, algo.* and train.* (not train.local_epochs); every "
+                         "other key is shared.\nPrecedence, last wins: defaults <- --config <- KEY=VALUE <- the variant's keys "
+                         "<- seed (--seeds),\nlabel, out_dir and name (set per run by compare).\n\n"
+                         "variants file (YAML), label -> keys or -> a config file (relative to the variants file):\n"
+                         "  pflalign: {algorithm: pflalign}\n"
+                         "  gateA: {algorithm: pflalign, algo.gate_scope: head, algo.gamma0: 1, algo.lam_g: 0}\n"
+                         "  ditto-l1: {algorithm: ditto, algo.lam: 1}\n"
+                         "  tuned: runs/pflalign-20261124-035610/best.yaml   # its algorithm, algo.*, train.*")
+    cmp.add_argument("--algorithms", metavar="A,B,...",
+                     help="comma-separated, e.g. pflalign,fedavg_ft,local: one variant each, labelled by its name")
+    cmp.add_argument("--variants", metavar="FILE", help="YAML file of labelled variants (below); combines with "
+                     "--algorithms (labels must differ)")
     cmp.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    cmp.add_argument("--config", help="YAML experiment file shared by all runs")
-    cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (local runtime)")
+    cmp.add_argument("--config", metavar="NAME|FILE", help="experiment shared by all runs: a packaged preset "
+                     "(`pflalign list configs`) or a YAML file")
+    cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (local runtime); each prints "
+                     "a labelled line every 10%% of its rounds")
     cmp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     tun = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA), selected on validation",
-                         description="Run the sweep of a sweep file (configs/sweeps/*.yaml); writes best.yaml and "
-                         "trials.csv/.md into the sweep directory and prints it as its last line.")
-    tun.add_argument("--sweep", metavar="FILE", help="sweep file, e.g. configs/sweeps/pflalign.yaml")
+                         description="Run the sweep of a sweep file or packaged sweep (`pflalign list configs`); "
+                         "writes best.yaml and trials.csv/.md into the sweep directory and prints it as its last line.")
+    tun.add_argument("--sweep", metavar="NAME|FILE", help="a packaged sweep (e.g. pflalign) or a sweep YAML file")
     tun.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (errored trials too)")
     tun.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="base config overrides (rounds=30); sweep.KEY=VALUE sets sweep keys (sweep.num_samples=8)")
     rep = sub.add_parser("report", help="tables (mean +- std over seeds) and plots from run/compare/sweep dirs")
     rep.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or directories containing runs")
     rep.add_argument("--out", help="output directory (default: DIR when one is given, else ./report)")
-    lst = sub.add_parser("list", help="list algorithms, datasets, models, partitions or config keys")
+    lst = sub.add_parser("list", help="list algorithms, datasets, models, partitions, config keys or packaged configs")
     lst.add_argument("what", nargs="?", choices=LISTS, default="algorithms")
     return parser
 
@@ -92,40 +130,41 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from datetime import datetime
-
     from callbacks import default_callbacks
+    from callbacks.progress import LINES_ENV
 
-    from .compare import load_results, run_many, summary_table, write_table
-    from .config import SEED_MAX, load_config
+    from .compare import algorithm_variants, load_results, plan, read_variants, run_many, summary_table, write_table
+    from .config import SEED_MAX
 
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms is not None else None
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise InputError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
     for flag, values, example in (("--algorithms", algorithms, "pflalign,fedavg_ft"), ("--seeds", seeds, "0,1,2")):
+        if values is None:
+            continue
         if not values:
             raise InputError(f"{flag} needs at least one value, e.g. {example} (got '{getattr(args, flag[2:])}')")
         if len(set(values)) < len(values):
             raise InputError(f"{flag} lists {next(v for v in values if values.count(v) > 1)} twice")
+    if algorithms is None and args.variants is None:
+        raise InputError("compare needs --algorithms A,B,... or --variants FILE (or both)")
     if not all(0 <= s <= SEED_MAX for s in seeds):
         raise InputError(f"--seeds: {next(s for s in seeds if not 0 <= s <= SEED_MAX)} is out of range "
                          f"(seeds are integers 0..{SEED_MAX})")
     if args.jobs < 1:
         raise InputError(f"--jobs must be >= 1 (got {args.jobs})")
-    base = load_config(args.config, args.overrides)  # validates shared keys once
-    if base.name is not None:
-        raise InputError("name cannot be set for compare: every run gets its own directory under out_dir/compare-<time>")
-    if base.label is not None and len(algorithms) > 1:
-        raise InputError("label would give every algorithm of the comparison the same row; drop it (labels default "
-                         "to the algorithm)")
-    out = Path(base.out_dir) / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
-    # Validate every run's config before any starts (algo.* keys must fit each algorithm).
-    cfgs = [load_config(args.config, [*args.overrides, f"algorithm={a}", f"seed={s}", f"out_dir={out}"])
-            for a in algorithms for s in seeds]
-    jobs = 1 if base.runtime == "ray" else args.jobs
-    run_dirs = run_many(cfgs, jobs, default_callbacks)
+    variants = algorithm_variants(algorithms or []) + (read_variants(args.variants) if args.variants else [])
+    cfgs, out, notes = plan(variants, seeds, args.config, args.overrides)  # every run validated before any starts
+    for note in notes:
+        print(f"pflalign: note: {note}", file=sys.stderr)
+    jobs = 1 if cfgs[0].runtime == "ray" else min(args.jobs, len(cfgs))
+    print(f"pflalign: compare: {len(variants)} variant(s) x {len(seeds)} seed(s), {jobs} at a time, into {out}",
+          file=sys.stderr)
+    # Runs sharing the terminal: labelled progress lines instead of bars, no W&B banners.
+    quiet = {"WANDB_SILENT": "true", LINES_ENV: "lines"} if jobs > 1 else {}
+    run_dirs = run_many(cfgs, jobs, default_callbacks, env=quiet)
     print(write_table(summary_table(load_results(run_dirs)), out / "compare"))
     print(out)
     return 0
@@ -164,23 +203,45 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _summary(cls: type) -> str:
+    """The first paragraph of an algorithm's docstring (its module's when the class has none)."""
+    import inspect
+
+    doc = inspect.cleandoc(cls.__doc__ or sys.modules[cls.__module__].__doc__ or "")
+    return " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+
+
+def _wrapped(name: str, text: str, indent: int) -> str:
+    """``name`` then ``text`` wrapped to the terminal (at most 100 columns) under a hanging indent."""
+    import shutil
+    import textwrap
+
+    width = max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
+    return textwrap.fill(text, width, initial_indent=f"{name:<{indent - 1}} ", subsequent_indent=" " * indent) or name
+
+
 def cmd_list(args) -> int:
-    import dataclasses
+    from .config import describe, description, packaged
 
-    from .algorithms import ALGORITHMS
-    from .config import describe
-    from .data import DATASETS, PARTITIONS
-    from .models import MODELS
-
-    if args.what == "algorithms":
-        for name, cls in ALGORITHMS.items():
-            print(f"{name:<12} {(cls.__doc__ or sys.modules[cls.__module__].__doc__ or '').strip().splitlines()[0]}")
-            for f in dataclasses.fields(cls.Hparams):
-                print(f"    algo.{f.name:<20} {str(f.default):<10} {f.metadata.get('help', '')}")
+    if args.what == "configs":
+        for kind, flag in (("preset", "--config"), ("sweep", "--sweep")):
+            print(f"{kind}s ({flag} NAME):")
+            for name, path in packaged(kind).items():
+                print(_wrapped(f"  {name}", description(path), 14))
     elif args.what == "keys":
         for key, default, help_ in describe():
             print(f"{key:<26} {str(default):<18} {help_}")
+    elif args.what == "algorithms":
+        from .algorithms import ALGORITHMS
+
+        for name, cls in ALGORITHMS.items():
+            print(_wrapped(name, _summary(cls), 13))
+            for key, default, help_ in describe(cls.Hparams, "algo."):
+                print(f"    {key:<25} {str(default):<10} {help_}")
     else:
+        from .data import DATASETS, PARTITIONS
+        from .models import MODELS
+
         print("\n".join({"datasets": DATASETS, "models": MODELS, "partitions": PARTITIONS}[args.what]))
     return 0
 

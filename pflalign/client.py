@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -24,8 +25,10 @@ from .algorithms.base import Params, Phase
 from .data import FederatedData, build_federated_data
 from .errors import NonFiniteLossError
 from .models import build_model
-from .seeds import turn_seed
+from .seeds import straggler_steps, stragglers, turn_seed
 from .store import DiskIO, MemoryIO
+
+NEW_CLIENT = 3  # turn_seed purpose of a held-out client's adaptation (0: training, 2: evaluation)
 
 
 class ClientModule(pl.LightningModule):
@@ -134,10 +137,11 @@ class ClientWorker:
         client = self.data.clients[client_id]
         turn = Turn(client_id, rnd, payload, state, num_train=len(client.train_y), data=client)
         fits = itertools.count()  # each phase of the turn gets its own batch-order stream
+        late = purpose == 0 and self._straggles(client_id)  # only a training turn (purpose 0) has a deadline
         # No reference to ``turn`` in here: a turn -> fit -> turn cycle would keep every turn's
         # state alive until the cyclic garbage collector ran (hundreds of MB at 10,000 clients).
         turn.fit = lambda phase: self._fit(self.module.turn, phase,
-                                           turn_seed(self.cfg.seed, client_id, rnd, purpose, 1, next(fits)))
+                                           turn_seed(self.cfg.seed, client_id, rnd, purpose, 1, next(fits)), late)
         self.module.turn = turn
         return turn
 
@@ -151,6 +155,7 @@ class ClientWorker:
         stats, steps = data.pop("stats", {}), turn.scratch.get("loss_steps", 0)
         if steps:
             stats["train_loss"] = float(turn.scratch["loss_sum"]) / steps
+        stats["local_steps"] = steps  # the federation sums it (metrics: local_steps) and keeps it out of round_stats
         upload = Upload(client_id, float(turn.num_train), {**data, "stats": stats})
         return upload, self.io.save(client_id, rnd + 1, turn.state)
 
@@ -158,17 +163,34 @@ class ClientWorker:
         """The client's data on the module's device: one copy per phase or evaluation, none on CPU."""
         return tuple(self.fabric.to_device(t) for t in tensors)
 
-    def _fit(self, turn: Turn, phase: Phase, seed: int) -> None:
+    def _fit(self, turn: Turn, phase: Phase, seed: int, late: bool = False) -> None:
         turn.phase = phase
         epochs = phase.epochs if phase.epochs is not None else self.cfg.train.local_epochs
-        self.algorithm.begin_phase(self.module, turn)
+        self.module.algorithm.begin_phase(self.module, turn)  # the module's hooks: base.plain_hooks swaps them
         if epochs > 0:
             self.module._fabric_optimizers = [self.fabric.setup_optimizers(self.module.configure_optimizers())]
             x, y = self._on_device(turn.data.train_x, turn.data.train_y)
             loader = batches(x, y, self.cfg.train.batch_size, seed)
-            for epoch in range(epochs):  # one training_step = one local epoch (see ClientModule)
-                self.module.training_step(list(loader), epoch)
-        self.algorithm.end_phase(self.module, turn)
+            for epoch, steps in enumerate(self._epoch_steps(epochs, len(loader), late)):
+                # one training_step = one local epoch (see ClientModule); a straggler's last one is cut short
+                self.module.training_step(list(itertools.islice(loader, steps)), epoch)
+        self.module.algorithm.end_phase(self.module, turn)
+
+    def _straggles(self, client_id: int) -> bool:
+        """A straggler that uploads partial work (``sim.straggler_mode=partial``): its training
+        turns stop at the deadline. Stragglers are a pure function of (seed, client), so the
+        worker decides this itself; evaluation-time fine-tuning is never cut short."""
+        sim = self.cfg.sim
+        return sim.straggler_mode == "partial" and client_id in stragglers(
+            self.cfg.seed, self.data.num_clients, sim.stragglers)
+
+    def _epoch_steps(self, epochs: int, per_epoch: int, late: bool) -> list[int]:
+        """Minibatch steps of each epoch of a phase: all of them, or for a ``late`` turn (a
+        straggler's) the first ceil(sim.straggler_work x all), epoch by epoch."""
+        if not late or not per_epoch:
+            return [per_epoch] * epochs
+        budget = straggler_steps(epochs * per_epoch, self.cfg.sim.straggler_work)
+        return [min(per_epoch, budget - e * per_epoch) for e in range(math.ceil(budget / per_epoch))]
 
     def evaluate(self, client_id: int, rnd: int, payload: dict, handle: Any) -> dict[str, Any]:
         """Personalized (and global) accuracy/loss on the client's test and validation splits."""
@@ -187,3 +209,22 @@ class ClientWorker:
                 out[prefix + "val_acc"], out[prefix + "val_loss"] = self.module.evaluate(
                     params, *self._on_device(client.val_x, client.val_y))
         return out
+
+    def new_client_params(self, client_id: int, rnd: int, payload: dict) -> Params:
+        """The model held-out client ``client_id`` is served at round ``rnd`` (the algorithm's
+        ``new_client_params``; ``eval.adapt_epochs=0``: the global model as is). Its state starts
+        empty and is never saved; its training has its own seeded stream (NEW_CLIENT), so every
+        runtime gives the same model."""
+        ev = self.cfg.eval
+        if not ev.adapt_epochs:
+            return payload["global"]
+        turn = self._turn(client_id, rnd, payload, {}, purpose=NEW_CLIENT)
+        return self.algorithm.new_client_params(self.module, turn, Phase("adapt", epochs=ev.adapt_epochs,
+                                                                         lr=ev.adapt_lr))
+
+    def evaluate_new(self, client_id: int, rnd: int, payload: dict) -> dict[str, Any]:
+        """Accuracy/loss of the model a held-out client is served, on its test split."""
+        client = self.data.clients[client_id]
+        params = self.new_client_params(client_id, rnd, payload)
+        acc, loss = self.module.evaluate(params, *self._on_device(client.test_x, client.test_y))
+        return {"client": client_id, "n_test": len(client.test_y), "acc": acc, "loss": loss}

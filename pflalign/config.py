@@ -1,17 +1,20 @@
 """Experiment configuration: typed dataclasses, YAML files and dotted ``key=value`` overrides.
 
-The dataclass defaults *are* the embedded default experiment (``configs/default.yaml`` is a
-commented copy), so an installed wheel runs without any file. OmegaConf does the merging and
-type checking; this module adds range checks and turns every failure into one ``ConfigError``
-line that names the key.
+The dataclass defaults *are* the embedded default experiment (the packaged preset ``default``,
+``pflalign/configs/default.yaml``, is a commented copy), so an installed wheel runs without any
+file. Presets and sweeps ship inside the package (:func:`packaged`) and are named by
+``--config NAME`` / ``--sweep NAME``. OmegaConf does the merging and type checking; this module
+adds range checks and turns every failure into one ``ConfigError`` line that names the key.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -51,6 +54,8 @@ class DataConfig:
     classes_per_client: int = option(2, "labels per client for partition=pathological", lo=1)
     quantity_sigma: float = option(1.0, "log-normal sigma of client sizes (quantity_skew, synthetic)", lo=0, lo_open=True)
     num_clients: int = option(20, "number of clients", lo=1)
+    holdout_clients: int = option(0, "clients kept out of training (a seeded choice): never sampled, evaluated "
+                                  "as newcomers at every evaluation (new_acc*, see eval.*)", lo=0)
     min_samples: int = option(10, "minimum samples per client (dirichlet, quantity_skew, synthetic)", lo=1)
     test_fraction: float = option(0.25, "per-client test share (PFLlib: 0.25)", lo=0, hi=1, lo_open=True)
     val_fraction: float = option(0.0, "share of each client's train split held out for validation", lo=0, hi=0.9)
@@ -60,6 +65,12 @@ class DataConfig:
     stride: Optional[int] = option(None, "shakespeare: characters between sample windows; null = seq_len (disjoint; LEAF: 1)", lo=1)
     min_chars: int = option(10000, "shakespeare: characters a speaker needs to be a client (the longest num_clients are used)", lo=1)
     client_samples: Optional[int] = option(256, "shakespeare: samples per client at most (seeded random subset of its windows); null = all", lo=2)
+    feature_shift: str = option("none", "a per-client input domain, on all of its splits: rotate (images), noise "
+                                "(Gaussian), affine (vectors: x -> Ax+b near identity)",
+                                choices=["none", "rotate", "noise", "affine"])
+    shift_strength: Optional[float] = option(None, "size of data.feature_shift: rotate: largest angle in degrees (45); "
+                                             "noise: largest std (0.3); affine: scale of A-I and b (0.3); null = "
+                                             "the default in parentheses", lo=0, lo_open=True)
     seed: Optional[int] = option(None, "partition/generation seed; null = the run seed", lo=0, hi=SEED_MAX)
     cache_dir: str = option("~/.cache/pflalign", "where generated datasets and partitions are cached")
 
@@ -80,6 +91,16 @@ class TrainConfig:
     weight_decay: float = option(0.0, "L2 weight decay of the client optimizer", lo=0)
     num_threads: int = option(1, "torch threads per client worker (1 avoids OpenMP contention)", lo=1)
     accelerator: str = option("cpu", "Lightning accelerator for client training", choices=["cpu", "gpu", "auto"])
+
+
+@dataclass
+class EvalConfig:
+    """How a held-out client (data.holdout_clients) is served: the algorithm's new-client hook."""
+    adapt_epochs: int = option(1, "local epochs a held-out client trains from the server's current state "
+                               "before it is evaluated (0: the global model as is)", lo=0)
+    adapt_lr: Optional[float] = option(None, "learning rate of that training; null = the rate the method "
+                                       "personalizes with (train.lr; ditto, pfedme: algo.personal_lr; "
+                                       "fedbabu: algo.finetune_lr)", lo=0, lo_open=True)
 
 
 @dataclass
@@ -104,15 +125,30 @@ class RayConfig:
 
 
 @dataclass
+class SimConfig:
+    """System heterogeneity (PFLlib's drop-out and slow clients), seeded per (seed, round, client)."""
+    dropout: float = option(0.0, "probability that a sampled client drops out of a round after receiving the "
+                            "payload (it uploads nothing, its state is unchanged)", lo=0, hi=1)
+    stragglers: float = option(0.0, "share of clients that are slow for the whole run (a seeded choice of "
+                               "round(share x num_clients))", lo=0, hi=1)
+    straggler_work: float = option(0.5, "share of each local phase's minibatch steps a straggler finishes before "
+                                   "the deadline (ceil, at least 1 step)", lo=0, hi=1, lo_open=True)
+    straggler_mode: str = option("partial", "what a straggler does at the deadline: upload its partial work, "
+                                 "or drop out (upload nothing)", choices=["partial", "drop"])
+
+
+@dataclass
 class Config:
     algorithm: str = option("pflalign", "algorithm name (`pflalign list algorithms`)")
     seed: int = option(0, "seed of everything: model init, partition, sampling, batches (0 <= seed < 2**63)",
                        lo=0, hi=SEED_MAX)
     rounds: int = option(150, "communication rounds", lo=1)
-    client_fraction: float = option(1.0, "share of clients sampled each round", lo=0, hi=1, lo_open=True)
+    client_fraction: float = option(1.0, "share of the (training) clients sampled each round", lo=0, hi=1,
+                                    lo_open=True)
     eval_every: int = option(1, "evaluate every k rounds (and at the last round)", lo=1)
-    eval_clients: str = option("all", "who is evaluated: all clients, the round's sampled ones, or a fixed "
-                               "seeded subset of eval_subset clients", choices=["all", "sampled", "subset"])
+    eval_clients: str = option("all", "who is evaluated: all (training) clients, the round's sampled ones, or a "
+                               "fixed seeded subset of eval_subset of them (held-out clients: always all, apart)",
+                               choices=["all", "sampled", "subset"])
     eval_subset: int = option(100, "clients in the evaluated subset (eval_clients=subset)", lo=1)
     state_store: str = option("auto", "where client states live between turns: memory, disk (per-client files "
                               "in the run directory), or auto (disk when they could exceed 1 GiB or a quarter "
@@ -129,16 +165,48 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
     algo: Dict[str, Any] = field(default_factory=dict, metadata={"help": "hyperparameters of the algorithm"})
 
 
-def _omegaconf_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
+def closest(key: str, candidates: list[str]) -> str | None:
+    """The dotted key ``key`` most likely meant: a close last component (``alpah`` -> ``data.alpha``,
+    ``alpha`` -> ``data.alpha``; one in ``key``'s own section first), else a close whole key
+    (``train.rl`` -> ``train.lr``). A shared section prefix alone never makes a match."""
+    parent, _, leaf = key.rpartition(".")
+    leaves = difflib.get_close_matches(leaf, {c.rpartition(".")[2] for c in candidates}, n=3)
+    found = sorted((c for c in candidates if c.rpartition(".")[2] in leaves),
+                   key=lambda c: (c.rpartition(".")[0] != parent, leaves.index(c.rpartition(".")[2])))
+    return (found or difflib.get_close_matches(key, candidates, n=1, cutoff=0.8) or [None])[0]
+
+
+def unknown_key(key: str, schema: type, prefix: str = "", owner: str | None = None) -> ConfigError:
+    """``unknown config key 'data.alpah' (did you mean data.alpha?)``: typos are the usual cause.
+
+    Candidates are every key of ``schema`` (leaves and sections, dotted). Without a close match,
+    a small schema (an algorithm's hyperparameters, ``owner`` naming it) lists its keys instead.
+    """
+    leaves = [k for k, _, _ in describe(schema, prefix)]
+    close = closest(key, leaves + sorted({k.rsplit(".", 1)[0] for k in leaves if "." in k[len(prefix):]}))
+    if close:
+        hint = f" (did you mean {close}?)"
+    elif owner is not None:
+        names = ", ".join(k[len(prefix):] for k in leaves)
+        hint = f" ({owner}'s {prefix}* keys: {names})" if leaves else f" ({owner} has no {prefix}* keys)"
+    else:
+        hint = " (`pflalign list keys` lists them)"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _omegaconf_error(e: OmegaConfBaseException, prefix: str = "", schema: type | None = None,
+                     owner: str | None = None) -> ConfigError:
     key = prefix + str(getattr(e, "full_key", "") or getattr(e, "key", "") or "")
     msg = (str(getattr(e, "msg", None) or e).splitlines() or [type(e).__name__])[0]
     if "not in" in msg or "Key" in type(e).__name__:
-        return ConfigError(f"unknown config key '{key}'")
+        return unknown_key(key, schema or Config, prefix, owner)
     section = re.search(r"(\w+) is not a subclass of (\w+)\. value: (.*)", msg)
     if not key and section:  # a whole section replaced by a scalar/list: OmegaConf names no key
         names = {f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""): f.name
@@ -164,11 +232,12 @@ def _mismatch(base, other, prefix: str) -> str | None:
     return None
 
 
-def _merge(base, *others, prefix: str = ""):
+def _merge(base, *others, prefix: str = "", owner: str | None = None):
+    """``others`` merged onto the structured ``base``; ``owner`` names whose keys they are (errors)."""
     try:
         return OmegaConf.merge(base, *others)
     except OmegaConfBaseException as e:
-        raise _omegaconf_error(e, prefix) from None
+        raise _omegaconf_error(e, prefix, OmegaConf.get_type(base), owner) from None
     except TypeError as e:  # OmegaConf's "Cannot merge incompatible container types" names no key
         key = next((k for o in others if (k := _mismatch(base, o, prefix))), None)
         raise ConfigError(f"bad value for '{key or prefix.rstrip('.') or 'config'}': a list where a mapping "
@@ -208,31 +277,84 @@ def read_yaml(path: str | Path):
     return loaded
 
 
+# The packaged YAML files: presets (``--config NAME``) and sweeps (``--sweep NAME``).
+PACKAGED = {"preset": "", "sweep": "sweeps"}
+
+
+def packaged(kind: str = "preset") -> dict[str, Path]:
+    """Name -> file of the presets or sweeps shipped in ``pflalign/configs/`` (package data).
+
+    ``importlib.resources`` finds them wherever pflalign is installed (a wheel, an editable
+    checkout); wheels install unpacked, so these are real files.
+    """
+    folder = resources.files(__package__) / "configs" / PACKAGED[kind]
+    return {Path(f.name).stem: Path(str(f)) for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".yaml")}
+
+
+def description(path: Path) -> str:
+    """A packaged file's first comment line: what ``pflalign list configs`` shows."""
+    first = next(iter(path.read_text().splitlines()), "")
+    return first[1:].strip() if first.startswith("#") else ""
+
+
+def find_file(value: str | Path, kind: str = "preset") -> Path:
+    """``--config``/``--sweep`` value -> the file: an existing file wins (a local copy of a preset
+    is used as given); else a bare name (no directory, no suffix) is a packaged preset or sweep.
+
+    A miss names the packaged files and the closest of them, so the old
+    ``configs/fmnist.yaml`` of a checkout gets "did you mean fmnist?".
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    shipped = packaged(kind)
+    bare = path.name == str(value) and not path.suffix
+    if bare and str(value) in shipped:
+        return shipped[str(value)]
+    close = difflib.get_close_matches(path.stem, list(shipped), n=1)
+    hint = f"packaged {kind}s: {', '.join(shipped)}" + (f"; did you mean {close[0]}?" if close else "")
+    label = "config" if kind == "preset" else kind
+    what = f"{label} '{value}' is neither a file nor a packaged {kind}" if bare else f"{label} file not found: {value}"
+    raise ConfigError(f"{what} ({hint})")
+
+
 def load_config(config_file: str | Path | None = None, overrides: list[str] = (), *extra) -> Config:
-    """Defaults <- YAML file <- extra mappings <- ``key=value`` overrides, validated.
+    """Defaults <- YAML file (a path, or a packaged preset's name) <- extra mappings <- ``key=value``
+    overrides, validated.
 
     The algorithm's hyperparameters (``algo.*``) are checked against its own dataclass, so
     ``algo.kappa=-1`` or ``algo.kappaa=1`` fail here, before any work starts.
     """
-    layers = [read_yaml(config_file)] if config_file else []
+    layers = [read_yaml(find_file(config_file))] if config_file else []
     layers += [OmegaConf.create(dict(e)) for e in extra]
     layers.append(parse_overrides(list(overrides)))
     merged = _merge(OmegaConf.structured(Config), *layers)
     cfg: Config = OmegaConf.to_object(merged)
     cfg.algo = resolve_hparams(cfg.algorithm, cfg.algo)
     validate(cfg)
+    check_holdout(cfg)
     check_names(cfg)
     check_paths(cfg)
     resolve_wandb_mode(cfg)
     return cfg
 
 
-def check_names(cfg: Config) -> None:
-    """Registry names that are otherwise only looked up after the data is built (and cached)."""
-    from .models import MODELS
+def check_holdout(cfg: Config) -> None:
+    """Held-out clients must leave at least one client to train."""
+    if cfg.data.holdout_clients >= cfg.data.num_clients:
+        raise ConfigError(f"data.holdout_clients={cfg.data.holdout_clients} must be below data.num_clients="
+                          f"{cfg.data.num_clients}: at least one client must train")
 
-    if cfg.model.name not in MODELS:
-        raise ConfigError(f"unknown model.name '{cfg.model.name}' (choose from {', '.join(MODELS)})")
+
+def check_names(cfg: Config) -> None:
+    """Registry names that are otherwise only looked up after the data is built (and cached);
+    a plug-in's import path or entry point is imported and checked here, before any work."""
+    from .data import get_dataset
+    from .models import get_model
+
+    get_dataset(cfg.data.dataset)
+    get_model(cfg.model.name)
 
 
 def check_dir(key: str, value: str) -> None:
@@ -287,7 +409,7 @@ def resolve_hparams(algorithm: str, values: Any):
     cls = get_algorithm(algorithm).Hparams
     if dataclasses.is_dataclass(values):
         values = dataclasses.asdict(values)
-    merged = _merge(OmegaConf.structured(cls), OmegaConf.create(dict(values or {})), prefix="algo.")
+    merged = _merge(OmegaConf.structured(cls), OmegaConf.create(dict(values or {})), prefix="algo.", owner=algorithm)
     hp = OmegaConf.to_object(merged)
     validate(hp, prefix="algo.")
     return hp
@@ -344,7 +466,11 @@ def to_dict(cfg: Config) -> dict:
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(key, default, help) for every key: feeds ``pflalign run --help`` and the README."""
+    """(key, default, help) for every key: feeds ``pflalign run --help`` and ``pflalign list``.
+
+    A key with a fixed set of values ends its help with them, so nobody has to provoke an error
+    to learn them.
+    """
     rows = []
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
@@ -352,5 +478,6 @@ def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
             rows += describe(sub, prefix + f.name + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((prefix + f.name, default, f.metadata.get("help", "")))
+        help_, choices = f.metadata.get("help", ""), f.metadata.get("choices")
+        rows.append((prefix + f.name, default, f"{help_} [one of: {', '.join(map(str, choices))}]" if choices else help_))
     return rows

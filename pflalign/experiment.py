@@ -24,11 +24,12 @@ from omegaconf import OmegaConf
 
 from .checkpoint import (CHECKPOINT, RESUMABLE_TEXT, Checkpointer, experiment_identity, load_checkpoint, load_history,
                          remove_stale_temp_files, write_json, write_text)
-from .config import Config, load_config, to_dict
+from .config import Config, load_config, resolve_hparams, to_dict
 from .data import build_federated_data
 from .errors import ConfigError, NonFiniteLossError, RunInterrupted
 from .federation import Federation
 from .models import build_model, model_bytes
+from .plugins import short_name
 from .runlog import JsonlWriter, TimingLog
 from .runtime import build_runtime
 from .store import STATES, DiskIO, MemoryIO, choose_kind
@@ -94,7 +95,8 @@ def _check_free_name(cfg: Config, resume: Path | None) -> None:
 
 
 def new_run_dir(cfg: Config) -> Path:
-    name = cfg.name or f"{cfg.algorithm}-{cfg.data.dataset}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    # import paths (pkg.mod:Class) shortened: a W&B run id (the directory name) refuses ":"
+    name = cfg.name or f"{short_name(cfg.algorithm)}-{short_name(cfg.data.dataset)}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     parent = Path(cfg.out_dir)
     parent.mkdir(parents=True, exist_ok=True)
     for i in range(1000):
@@ -155,7 +157,7 @@ def open_run(cfg: Config, data, resume: Path | None = None) -> tuple[Path, dict 
     snapshot = load_checkpoint(run_dir)
     if snapshot is not None:
         now = experiment_identity(cfg)
-        key = _first_difference(snapshot["config"], now)
+        key = _first_difference(with_defaults(snapshot["config"], cfg.algorithm), now)
         if key is not None:
             raise ConfigError(f"--resume: {run_dir / 'config.yaml'} no longer matches {run_dir / CHECKPOINT}: "
                               f"'{key}' is {now.get(key)!r} there, {snapshot['config'].get(key)!r} in the checkpoint")
@@ -169,6 +171,15 @@ def open_run(cfg: Config, data, resume: Path | None = None) -> tuple[Path, dict 
     if not (run_dir / "partition.json").exists():
         write_json(run_dir / "partition.json", data.summary())
     return run_dir, snapshot
+
+
+def with_defaults(identity: dict, algorithm: str) -> dict:
+    """A checkpoint's experiment identity with the keys added to pflalign since it was written
+    (absent from it) at their defaults: those runs had exactly the default behaviour, so they
+    stay resumable, while setting a new key to anything else is still a change."""
+    defaults = Config(algorithm=algorithm)
+    defaults.algo = resolve_hparams(algorithm, {})
+    return {**{k: v for k, v in experiment_identity(defaults).items() if k not in identity}, **identity}
 
 
 def resume_hint(run_dir: Path) -> str:

@@ -1,7 +1,8 @@
-"""Per-client evaluations -> federation metrics, always over ALL clients (not just the sampled).
+"""Per-client evaluations -> federation metrics, over ALL training clients (not just the sampled).
 
 Accuracies are fractions in [0, 1]; ``acc`` is sample-weighted, ``acc_mean`` unweighted,
-``acc_bottom10`` the mean of the worst ceil(10%) clients.
+``acc_bottom10`` the mean of the worst ceil(10%) clients. Held-out clients (never trained,
+served as newcomers) have their own ``new_*`` metrics and never enter the others.
 """
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def summarize(evals: list[dict]) -> dict:
     return out
 
 
+def summarize_new(evals: list[dict]) -> dict:
+    """Held-out clients' accuracy (``new_acc`` sample-weighted, ``new_acc_mean``, ``new_acc_worst``)."""
+    n = np.array([e["n_test"] for e in evals], dtype=np.float64)
+    acc = np.array([e["acc"] for e in evals])
+    return {"new_acc": float(np.average(acc, weights=n)), "new_acc_mean": float(acc.mean()),
+            "new_acc_worst": float(acc.min())}
+
+
 def stability(accs: list[float], window: int) -> dict:
     """Std of the accuracy over the last ``window`` evaluations and their mean absolute change.
 
@@ -56,8 +65,9 @@ def final_results(history: list[dict], window: int, last: int = 10) -> dict:
            f"acc_last{last}": float(np.mean([h["acc"] for h in tail])),
            f"acc_mean_last{last}": float(np.mean([h["acc_mean"] for h in tail])),
            **stability([h["acc_mean"] for h in evaluated], window)}
-    if "global_acc" in best:
-        out[f"global_acc_last{last}"] = float(np.mean([h["global_acc"] for h in tail]))
+    for key in ("global_acc", "new_acc", "new_acc_mean", "new_acc_worst"):
+        if key in best:
+            out[f"{key}_last{last}"] = float(np.mean([h[key] for h in tail]))
     if "val_acc" in best:
         best_val = max(evaluated, key=lambda h: h["val_acc"])
         out["best_val"] = {"round": best_val["round"], "val_acc": best_val["val_acc"], "acc": best_val["acc"]}

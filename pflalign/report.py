@@ -2,9 +2,9 @@
 
 It reads only run directories (``results.json``, ``metrics.jsonl``, ``partition.json``), so a
 run, a ``compare`` directory, a sweep directory (its ``trials/``) or any mix of them work the
-same. Rows are mean ± std over seeds per label (the algorithm, or ``label=``) within a
-*setting*: the data/federation keys that differ between the runs (dataset, partition, alpha,
-clients, model, rounds). Runs that differ only in seed are pooled; runs on different data never.
+same. Rows are mean ± std (sample std, ddof=1) over seeds per label (the algorithm, or
+``label=``) within a *setting*: the data/federation keys that differ between the runs (dataset,
+partition, alpha, clients, model, rounds). Runs that differ only in seed are pooled; runs on different data never.
 The table itself is :func:`pflalign.compare.summary_table`, the same as ``pflalign compare``'s.
 Every file is read and checked before the output directory is touched, so a garbage or
 incomplete run directory is one error line naming the file, and nothing is written.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import load_results, read_json, read_results, summary_table
+from .compare import STD_NOTE, load_results, markdown, metric_names, read_json, read_results, summary_table
 from .config import check_dir
 from .checkpoint import write_text
 from .errors import InputError
@@ -25,10 +25,9 @@ from .errors import InputError
 SETTING_PREFIXES = ("data.", "model.", "rounds", "client_fraction", "train.local_epochs")
 NOT_SETTING = ("data.seed", "data.cache_dir", "data.root", "data.download")
 COMMON = ("data.dataset", "data.partition", "data.alpha", "data.num_clients", "model.name", "rounds")
-NOTE = ("Accuracies in %, mean ± std over seeds. *acc (mean, last 10)*: unweighted mean over clients of "
-        "the personalized test accuracy, averaged over the last 10 evaluations; *worst client* and "
-        "*bottom 10%*: final round; *stability std*: std of the mean accuracy over the last "
-        "`stability_window` rounds.")
+NOTE = (f"{STD_NOTE} *acc (mean, last 10)*: unweighted mean over clients of the personalized test accuracy, "
+        "averaged over the last 10 evaluations; *worst client* and *bottom 10%*: final round; *stability std*: "
+        "std of the mean accuracy over the last `stability_window` rounds.")
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Path], int]:
@@ -176,23 +175,25 @@ def plot_partitions(runs: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
     from .plots import partition_heatmap
 
     seen, figs = set(), []
-    for hist, setting, cfg in zip(runs["partition"], runs["setting"], runs["config"]):
+    for hist, setting, cfg, run_dir in zip(runs["partition"], runs["setting"], runs["config"], runs["run_dir"]):
         if hist is None:
             continue
-        if json.dumps(hist) in seen:
+        shift = read_json(Path(run_dir) / "partition.json", "partition of a run").get("feature_shift")
+        if json.dumps([hist, shift]) in seen:  # same labels, other domains: another figure
             continue
-        seen.add(json.dumps(hist))
+        seen.add(json.dumps([hist, shift]))
         seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg.get("seed")
         caption = f"{setting}, data seed {seed}"
         name = f"partition_{len(figs)}.png"
-        fig = partition_heatmap(np.asarray(hist), title=f"train samples per client and class\n{caption}")
+        fig = partition_heatmap(np.asarray(hist), title=f"train samples per client and class\n{caption}", shift=shift)
         fig.savefig(out / name, dpi=110)
         figs.append((name, caption))
     return figs
 
 
 def write_report(dirs: list[Path], out: Path | None = None) -> Path:
-    """report.md, report.csv (table), runs.csv (one row per run) and PNGs into ``out``."""
+    """report.md, report.csv (the table's numbers per setting and label), runs.csv (one row per run) and
+    PNGs into ``out``."""
     run_dirs, skipped = find_runs(dirs)
     out = out or (dirs[0] if len(dirs) == 1 else Path.cwd() / "report")
     check_dir("report --out", str(out))
@@ -203,7 +204,8 @@ def write_report(dirs: list[Path], out: Path | None = None) -> Path:
     df["history"] = [read_history(d) for d in run_dirs]
     df["partition"] = [read_partition(d) for d in run_dirs]
     out.mkdir(parents=True, exist_ok=True)
-    df.drop(columns=["config", "history", "partition"]).to_csv(out / "runs.csv", index=False)
+    df.drop(columns=["config", "history", "partition"]).rename(columns=metric_names()).to_csv(out / "runs.csv",
+                                                                                              index=False)
     tables = {s: summary_table(g) for s, g in df.groupby("setting", sort=False)}
     table = pd.concat(tables, names=["setting", "label"]).reset_index()
     table.to_csv(out / "report.csv", index=False)
@@ -217,7 +219,7 @@ def write_report(dirs: list[Path], out: Path | None = None) -> Path:
              + (f" ({skipped} unfinished or stopped early, without results.json, left out)" if skipped else "")
              + ".", "", f"Common setting: {common or '-'}.", "", NOTE, ""]
     for setting, t in tables.items():
-        lines += [f"## {setting}" if setting != "all runs" else "## Results", "", t.to_markdown(), ""]
+        lines += [f"## {setting}" if setting != "all runs" else "## Results", "", markdown(t), ""]
     lines += ["## Plots", "", "![accuracy vs round](acc_vs_round.png)", "",
               "![per-client accuracy](client_acc.png)", ""]
     lines += [f"![partition: {caption}]({name})\n" for name, caption in partitions]

@@ -18,7 +18,7 @@ def test_wandb_offline_writes_a_run(tiny, tmp_path, monkeypatch):
 
 class FakeFed:
     class cfg:
-        rounds, algorithm = 20, "pflalign"
+        rounds, algorithm, label, seed = 20, "pflalign", None, 3
     round = 0
 
 
@@ -30,7 +30,7 @@ def test_progress_prints_every_tenth_round_when_not_a_terminal():
         bar.on_round_end(FakeFed, {"round": r, "acc": 0.5})
     bar.on_run_end(FakeFed, {})
     lines = out.getvalue().splitlines()
-    assert len(lines) == 10 and lines[-1] == "round 20/20 acc 0.500"
+    assert len(lines) == 10 and lines[-1] == "[pflalign s3] round 20/20 acc 50.0"
 
 
 def closed_port() -> int:

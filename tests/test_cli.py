@@ -1,17 +1,20 @@
 """The command-line contract: outputs of a run, determinism, exit codes and error lines."""
+import dataclasses
+import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import read_jsonl, run_cli
-from pflalign.cli import main
-from pflalign.config import Config, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from pflalign.algorithms import ALGORITHMS
+from pflalign.cli import build_parser, main
+from pflalign.config import Config, DataConfig, WandbConfig, description, packaged
 
 
 def test_run_writes_the_run_directory(tiny):
@@ -51,12 +54,13 @@ def test_resume_continues_exactly(tiny):
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("data.alpah=1", "unknown config key 'data.alpah'"),
+    ("data.alpah=1", "unknown config key 'data.alpah' (did you mean data.alpha?)"),
     ("rounds=many", "rounds"),
     ("data.alpha=0", "data.alpha must be > 0"),
     ("data.alpha=-1", "data.alpha must be > 0"),
     ("algo.kappa=-1", "algo.kappa must be >= 0"),
     ("algo.nope=1", "unknown config key 'algo.nope'"),
+    ("algo.kapa=1", "unknown config key 'algo.kapa' (did you mean algo.kappa?)"),
     ("algorithm=fedavgg", "unknown algorithm 'fedavgg'"),
     ("data.num_clients=5000", "num_clients"),
     ("data.dataset=fmnist", "data.root"),
@@ -77,24 +81,52 @@ def test_missing_config_file(capsys, tmp_path):
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_default_yaml_is_the_embedded_default():
-    assert load_config(ROOT / "configs" / "default.yaml") == load_config()
-    assert load_config() == load_config(None, [], {"algo": {}}) and load_config().algorithm == "pflalign"
-    assert isinstance(load_config(), Config)
-
-
-@pytest.mark.parametrize("algorithm", ["pflalign", "fedrep", "ditto"])
-def test_presets_load_for_any_algorithm(algorithm):
-    cfg = load_config(ROOT / "configs" / "fmnist.yaml", [f"algorithm={algorithm}"])
-    assert cfg.data.max_samples == 10000 and cfg.model.name == "cnn"
+def test_options_and_overrides_in_any_order(tiny, tmp_path):
+    """`pflalign run rounds=2 --config X wandb.mode=disabled`: overrides before and after an option."""
+    (tmp_path / "exp.yaml").write_text("rounds: 5\nname: ordered\n")
+    rest = [o for o in tiny if not o.startswith("rounds=")]
+    run_dir = run_cli(["rounds=2", "--config", str(tmp_path / "exp.yaml"), *rest, "wandb.mode=disabled"])
+    assert run_dir.name == "ordered" and [r["round"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    parser = build_parser()
+    for command, option, value in (("compare", "--algorithms", "fedavg"), ("tune", "--sweep", "pflalign")):
+        args = parser.parse_args([command, "rounds=2", option, value, "data.alpha=0.5"])
+        assert getattr(args, option[2:]) == value and args.overrides == ["rounds=2", "data.alpha=0.5"], command
 
 
 def test_list_and_help(capsys):
     assert main(["list", "algorithms"]) == 0
     out = capsys.readouterr().out
     assert "pflalign" in out and "algo.kappa" in out and "fedavg_ft" in out
+    precond = next(line.split() for line in out.splitlines() if line.startswith("    algo.precond "))
+    assert precond[:2] == ["algo.precond", "snr"] and " ".join(precond).endswith("[one of: snr, var, fisher, rms, none]")
+    flat = " ".join(out.split())
+    for name, cls in ALGORITHMS.items():  # the whole first paragraph, not its first line
+        doc = inspect.cleandoc(cls.__doc__ or sys.modules[cls.__module__].__doc__)
+        assert " ".join(doc.split("\n\n")[0].replace("``", "").split()) in flat, name
+    assert "limits client drift under heterogeneity. Evaluated as the global model." in flat  # fedprox's 2nd line
+    assert max(len(line) for line in out.splitlines() if not line.startswith("    algo.")) <= 100
     proc = subprocess.run([sys.executable, "-m", "pflalign.cli", "run", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "data.alpha" in proc.stdout and "--resume" in proc.stdout
+    assert "[one of: auto, online, offline, disabled]" in proc.stdout and "pflalign list configs" in proc.stdout
+
+
+def test_list_keys_shows_every_choice(capsys):
+    assert main(["list", "keys"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for key, field in (("runtime", "runtime"), ("data.partition", "partition"), ("wandb.mode", "mode")):
+        section = {"data": DataConfig, "wandb": WandbConfig}.get(key.split(".")[0], Config)
+        choices = next(f for f in dataclasses.fields(section) if f.name == field).metadata["choices"]
+        assert lines[key].endswith(f"[one of: {', '.join(choices)}]"), lines[key]
+
+
+def test_list_configs_names_every_packaged_file(capsys):
+    assert main(["list", "configs"]) == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert out.startswith("presets (--config NAME):") and "sweeps (--sweep NAME):" in out
+    for kind in ("preset", "sweep"):
+        for name, path in packaged(kind).items():
+            assert f"{name} {description(path)}" in flat, name
 
 
 def test_compare_runs_algorithms_on_identical_partitions(tiny, tmp_path, capsys):
@@ -102,13 +134,19 @@ def test_compare_runs_algorithms_on_identical_partitions(tiny, tmp_path, capsys)
     out = capsys.readouterr().out.strip().splitlines()
     compare_dir = Path(out[-1])
     table = (compare_dir / "compare.md").read_text()
-    assert "| local" in table and "| fedavg" in table and (compare_dir / "compare.csv").exists()
-    parts = {}
+    assert "| local" in table and "| fedavg" in table and "ddof=1" in table
+    parts, acc = {}, {}
     for run in compare_dir.iterdir():
         if run.is_dir():
             r = json.loads((run / "results.json").read_text())
             parts.setdefault(r["seed"], set()).add((run / "partition.json").read_text())
+            acc.setdefault(r["label"], []).append(r["acc_last10"])
     assert sorted(parts) == [0, 1] and all(len(p) == 1 for p in parts.values())  # same split per seed
+    csv = pd.read_csv(compare_dir / "compare.csv", index_col="label")
+    for label, values in acc.items():  # the CSV's numbers are the runs' results.json values, over seeds
+        assert csv.loc[label, "acc_last10_mean"] == pytest.approx(np.mean(values))
+        assert csv.loc[label, "acc_last10_std"] == pytest.approx(np.std(values, ddof=1))
+        assert csv.loc[label, "acc_last10_n"] == 2 == len(values)
 
 
 def test_non_finite_loss_stops_with_exit_1_and_keeps_last_checkpoint(tiny, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Every algorithm gives, byte for byte, the metrics.jsonl that pflalign 0.1 (commit 3281664, before
 the client-state store and the per-turn work) gave on this config, plus the communication keys
-added since (comm_*; every other byte checked unchanged when they were added): refactors of the
+(comm_*) and participation keys (clients_completed, local_steps) added since (every other byte
+checked unchanged when each was added): refactors of the
 engine must not move a single number. Regenerate only for a deliberate change of results, and say why."""
 from pathlib import Path
 

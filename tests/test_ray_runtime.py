@@ -23,6 +23,9 @@ def test_ray_equals_local_even_when_a_worker_dies(ray_tiny):
     assert jsonl(on_ray) == jsonl(local)
     assert jsonl(faulty) == jsonl(local)
     assert jsonl(on_disk) == jsonl(local)
+    sim = ["sim.dropout=0.3", "sim.stragglers=0.5", "sim.straggler_work=0.3"]  # the same drop-outs and partial work
+    sim_local, sim_ray = (run_cli(ray_tiny + sim + [f"name=sim-{r}", f"runtime={r}"]) for r in ("local", "ray"))
+    assert jsonl(sim_ray) == jsonl(sim_local) != jsonl(local)
 
 
 def test_resume_on_ray_matches_uninterrupted(ray_tiny):

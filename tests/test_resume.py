@@ -222,3 +222,17 @@ def test_a_dead_driver_says_how_to_resume(tiny, ray_cluster, tmp_path):
     run_dir = tmp_path / "runs" / "dies"
     assert "\n" not in msg and "driver actor died at round 3" in msg
     assert msg.endswith(f"resume with: pflalign run --resume {run_dir}")
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_at_its_default(tiny, part, capsys):
+    """Keys added to pflalign after a run's checkpoint (here: sim.*) read as their defaults."""
+    full = run_cli(tiny + ["rounds=4", "name=full"])
+    manifest = part / "checkpoint.json"
+    saved = json.loads(manifest.read_text())
+    saved["config"] = {k: v for k, v in saved["config"].items() if not k.startswith("sim.")}
+    manifest.write_text(json.dumps(saved))
+    before = tree(part)
+    assert main(["run", "--resume", str(part), "rounds=4", "sim.dropout=0.5"]) == 2  # not the default: a change
+    assert "'sim.dropout'" in _err(capsys)[0] and tree(part) == before
+    assert main(["run", "--resume", str(part), "rounds=4"]) == 0
+    assert (full / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()

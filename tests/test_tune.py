@@ -58,12 +58,12 @@ def test_bad_sweeps_fail_before_anything_starts(tiny, tmp_path, keys, needle):
 def test_shipped_sweeps_load_and_ray_tune_stays_lazy():
     from tune import load_sweep
 
-    names = {p.stem for p in (ROOT / "configs" / "sweeps").glob("*.yaml")}
+    names = {p.stem for p in (ROOT / "pflalign" / "configs" / "sweeps").glob("*.yaml")}
     assert {"pflalign", "fedprox", "ditto", "fedala"} <= names
     for name in sorted(names):
-        sweep = load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml")
+        sweep = load_sweep(ROOT / "pflalign" / "configs" / "sweeps" / f"{name}.yaml")
         assert sweep.metric.startswith("val_") and sweep.cfg.data.val_fraction > 0
-    assert load_sweep(ROOT / "configs/sweeps/fedprox.yaml").space["algo.mu"] == "loguniform(0.001, 1)"
+    assert load_sweep(ROOT / "pflalign/configs/sweeps/fedprox.yaml").space["algo.mu"] == "loguniform(0.001, 1)"
     code = "import sys, pflalign.cli, tune, callbacks; assert not {'ray', 'ray.tune', 'wandb'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -1,4 +1,5 @@
-"""Sweep files (``configs/sweeps/*.yaml``) -> a validated :class:`Sweep`, with no Ray involved.
+"""Sweep files (a path, or the name of a packaged one: ``pflalign/configs/sweeps/*.yaml``) -> a
+validated :class:`Sweep`, with no Ray involved.
 
 Everything that can be wrong with a sweep (unknown key, a range outside a key's valid range,
 a metric that reads the test split, no validation split) fails here, before Ray starts.
@@ -19,7 +20,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pflalign.config import NAME_RE, SEED_MAX, Config, load_config, parse_overrides, read_yaml, to_dict
+from pflalign.config import (NAME_RE, SEED_MAX, Config, find_file, load_config, packaged, parse_overrides, read_yaml,
+                             to_dict)
 from pflalign.errors import ConfigError
 
 # What a sweep may select on: validation metrics only (val_acc_last10: mean of the last 10
@@ -126,11 +128,16 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _find(path: str, sweep_file: Path) -> Path:
-    """A base config path, relative to the sweep file first, then to the cwd."""
-    for candidate in (sweep_file.parent / path, Path(path)):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"sweep {sweep_file}: base config '{path}' not found (relative to the sweep file or the cwd)")
+    """A base config file relative to the sweep file first, then to the cwd, then a packaged
+    preset's name (``config: default``: what the packaged sweeps use, wherever they are installed)."""
+    beside = sweep_file.parent / path
+    if beside.is_file():
+        return beside
+    presets = packaged("preset")
+    if Path(path).is_file() or path in presets:
+        return find_file(path)
+    raise ConfigError(f"sweep {sweep_file}: base config '{path}' not found (relative to the sweep file or the cwd; "
+                      f"packaged presets: {', '.join(presets)})")
 
 
 def _absolute(cfg: Config) -> None:
@@ -142,10 +149,9 @@ def _absolute(cfg: Config) -> None:
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    """Read and validate a sweep file; ``sweep.KEY=VALUE`` overrides sweep keys, others the base."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
+    """Read and validate a sweep file (or packaged sweep, by name); ``sweep.KEY=VALUE`` overrides
+    sweep keys, others the base."""
+    path = find_file(path, "sweep")
     raw = OmegaConf.to_container(read_yaml(path))
     sweep_over = [o[len("sweep."):] for o in overrides if o.startswith("sweep.")]
     if sweep_over:

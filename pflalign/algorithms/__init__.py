@@ -1,7 +1,11 @@
-"""Algorithm registry: one file per algorithm, one line here."""
+"""Algorithm registry: one file per algorithm, one line here; users' own by import path or entry
+point (:mod:`pflalign.plugins`)."""
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import ConfigError
+from ..plugins import Registry, what
 from .base import Algorithm, Phase, Turn, Upload
 from .apfl import APFL
 from .ditto import Ditto
@@ -24,17 +28,27 @@ from .fedrod import FedRoD
 from .perfedavg import PerFedAvg
 from .pfedme import PFedMe
 
-ALGORITHMS: dict[str, type[Algorithm]] = {
+
+def _check(obj, where: str) -> type[Algorithm]:
+    """A plug-in algorithm is an :class:`Algorithm` subclass whose ``Hparams`` is a dataclass
+    (its fields are the ``algo.*`` keys, validated and swept like a built-in's)."""
+    if not (isinstance(obj, type) and issubclass(obj, Algorithm)):
+        raise ConfigError(f"{where}: {what(obj)} is not a subclass of pflalign.algorithms.Algorithm")
+    if not (isinstance(obj.Hparams, type) and dataclasses.is_dataclass(obj.Hparams)):
+        raise ConfigError(f"{where}: {obj.__name__}.Hparams must be a dataclass (its fields are the algo.* keys)")
+    return obj
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", "pflalign.algorithms", {
     cls.name: cls for cls in (Local, FedAvg, FedAvgFT, FedProx, PFLAlign,
                               Scaffold, Ditto, APFL, FedPer, FedRep, FedBABU, LGFedAvg,
                               FedALA, PFedMe, PerFedAvg, FedRoD, FedAMP, FedCAC, FedDBE, FedAS)
-}
+}, _check, "package.module:Class")
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
-    if name not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm '{name}' (choose from {', '.join(ALGORITHMS)})")
-    return ALGORITHMS[name]
+    """A built-in or entry-point name, or ``package.module:Class``."""
+    return ALGORITHMS.resolve(name)
 
 
 def build_algorithm(cfg) -> Algorithm:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..config import option
-from .base import Algorithm, Params, Turn, sgd_step_
+from .base import Algorithm, Params, Phase, Turn, sgd_step_
 
 
 @dataclass
@@ -79,3 +79,8 @@ class APFL(Algorithm):
         if "v" not in turn.state:
             return w
         return mix(turn.state["alpha"], turn.state["v"], w)
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """APFL's own first turn: v from the global model and alpha at alpha0, trained with w; the model is
+        the mixture of v with the current global model, as for a training client."""
+        return self.first_turn(module, turn, adapt)

@@ -6,8 +6,9 @@ payload, persistent client state, seed): all randomness comes from the turn's se
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -221,3 +222,48 @@ class Algorithm:
     def personalized_params(self, module, turn: Turn) -> Params:
         """The model evaluated as "this client's model" (may train, e.g. one adaptation step)."""
         return turn.payload["global"]
+
+    # ---- clients never seen in training (data.holdout_clients) -------------------------
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """How a client never seen in training is served: the model it is evaluated with,
+        personalized from the current server state (``turn.payload``) on its own train split.
+
+        ``adapt`` is ``eval.*``: ``epochs`` >= 1 (at 0 the worker serves the global model as is
+        and does not call this), ``lr`` None = the method's own rate. ``turn.state`` starts
+        empty and is discarded afterwards: nothing done here persists. Default: fine-tune the
+        global model with plain SGD on cross-entropy (:func:`finetune`), what any server can
+        offer a newcomer; a method with its own way of personalizing a newcomer overrides this.
+        """
+        return finetune(module, turn, turn.payload["global"], adapt)
+
+    def first_turn(self, module, turn: Turn, adapt: Phase) -> Params:
+        """A newcomer served by the method's own first turn: ``client_begin`` from the empty
+        state, every local phase for ``adapt.epochs`` epochs (at ``adapt.lr`` when set),
+        ``client_end`` (its upload is dropped), then ``personalized_params``, as a training
+        client is evaluated after its first turn. For methods whose personalized model is what
+        local training from the server's model leaves in the client state."""
+        self.client_begin(module, turn)
+        for phase in self.local_phases(turn):
+            turn.fit(replace(phase, epochs=adapt.epochs, lr=adapt.lr if adapt.lr is not None else phase.lr))
+        self.client_end(module, turn)
+        return self.personalized_params(module, turn)
+
+
+@contextmanager
+def plain_hooks(module) -> Iterator[None]:
+    """FedAvg's hooks (cross-entropy, gradients as they are, no phase set-up) drive ``module``'s
+    training for the duration: a fine-tuning that no scratch or state of the algorithm's own
+    training takes part in."""
+    own, module.algorithm = module.algorithm, Algorithm()
+    try:
+        yield
+    finally:
+        module.algorithm = own
+
+
+def finetune(module, turn: Turn, start: Params, phase: Phase) -> Params:
+    """``start`` trained for ``phase`` with plain SGD on cross-entropy: the default new-client model."""
+    module.load_params(start)
+    with plain_hooks(module):
+        turn.fit(phase)
+    return module.params()

@@ -48,3 +48,10 @@ class Ditto(Algorithm):
 
     def personalized_params(self, module, turn: Turn) -> Params:
         return turn.state.get("v", turn.payload["global"])
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """A newcomer trains its personal model v only: from the global model, with the proximal
+        pull toward it, at ``algo.personal_lr`` unless ``eval.adapt_lr`` is set (the global phase
+        would only feed an upload, and a newcomer's is dropped)."""
+        turn.fit(Phase("personal", epochs=adapt.epochs, lr=adapt.lr if adapt.lr is not None else self.hp.personal_lr))
+        return module.params()

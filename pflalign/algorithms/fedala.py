@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import option
-from .base import Algorithm, Params, Turn, Upload, weighted_mean
+from .base import Algorithm, Params, Phase, Turn, Upload, weighted_mean
 
 
 @dataclass
@@ -117,6 +117,11 @@ class FedALA(Algorithm):
         if self.hp.eval_model == "local":
             return turn.state["theta"]
         return self.ala(module, turn, turn.state.get("W"), not turn.state.get("ala_started", False))[0]
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """FedALA's own first turn: no local model yet, so no ALA; it trains from the global model
+        and is evaluated, as a training client after its first turn, by ALA(its model, global)."""
+        return self.first_turn(module, turn, adapt)
 
     # ---- server side -------------------------------------------------------------------
     def aggregate(self, uploads: Iterable[Upload], global_params: Params, server_state: dict):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import option
-from .base import Algorithm, Params, Turn, Upload, flatten, sq_dist, unflatten
+from .base import Algorithm, Params, Phase, Turn, Upload, flatten, sq_dist, unflatten
 
 
 @dataclass
@@ -107,3 +107,8 @@ class FedAMP(Algorithm):
 
     def personalized_params(self, module, turn: Turn) -> Params:
         return turn.state.get("theta", turn.payload["global"])
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """FedAMP's own first turn: with no cloud model of its own yet, it trains from the global
+        model under the proximal pull toward it; its trained model is its model."""
+        return self.first_turn(module, turn, adapt)

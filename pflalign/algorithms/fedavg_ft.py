@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import option
-from .base import Algorithm, Turn
+from .base import Algorithm, Params, Phase, Turn
 from .moments import update_moments
 
 
@@ -36,3 +36,8 @@ class FedAvgFT(Algorithm):
 
     def personalized_params(self, module, turn: Turn):
         return turn.state.get("theta", turn.payload["global"])
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """FedAvg-FT's own first turn: the global model fine-tuned with its own steps (along a
+        fresh persistent momentum when ``algo.persistent_momentum`` is on)."""
+        return self.first_turn(module, turn, adapt)

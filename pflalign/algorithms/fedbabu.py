@@ -56,9 +56,16 @@ class FedBABU(Algorithm):
         return average_part(uploads, global_params), server_state  # the head keeps its init
 
     def personalized_params(self, module, turn: Turn) -> Params:
-        hp = self.hp
-        if not hp.finetune_epochs:
+        if not self.hp.finetune_epochs:
             return turn.payload["global"]
+        return self._finetune(module, turn, self.hp.finetune_epochs, self.hp.finetune_lr)
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """FedBABU's own personalization: its fine-tuning of the global model (``algo.finetune``
+        part, at ``algo.finetune_lr`` unless ``eval.adapt_lr`` is set), for ``eval.adapt_epochs``."""
+        return self._finetune(module, turn, adapt.epochs, adapt.lr if adapt.lr is not None else self.hp.finetune_lr)
+
+    def _finetune(self, module, turn: Turn, epochs: int, lr: Optional[float]) -> Params:
         module.load_params(turn.payload["global"])
-        turn.fit(Phase("finetune", params=hp.finetune, epochs=hp.finetune_epochs, lr=hp.finetune_lr))
+        turn.fit(Phase("finetune", params=self.hp.finetune, epochs=epochs, lr=lr))
         return module.params()

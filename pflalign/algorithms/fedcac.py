@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 
 from ..config import option
-from .base import Algorithm, Params, Turn, Upload, flatten, unflatten, weighted_mean
+from .base import Algorithm, Params, Phase, Turn, Upload, flatten, unflatten, weighted_mean
 
 
 @dataclass
@@ -124,3 +124,9 @@ class FedCAC(Algorithm):
 
     def personalized_params(self, module, turn: Turn) -> Params:
         return self.start_params(turn)
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """The global model as is: a FedCAC client's model is built by the server from the
+        critical-parameter mask and model it uploaded (``start_params``), and a client the server
+        has never seen has neither; local training would not change what it is served."""
+        return turn.payload["global"]

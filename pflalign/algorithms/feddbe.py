@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import option
 from ..errors import ConfigError
-from .base import Algorithm, Params, Turn, Upload, weighted_mean
+from .base import Algorithm, Params, Phase, Turn, Upload, weighted_mean
 
 
 @dataclass
@@ -112,3 +112,8 @@ class FedDBE(Algorithm):
     def personalized_params(self, module, turn: Turn) -> Params:
         w = turn.payload["global"]
         return fold_bias(w, turn.state["prbias"]) if "prbias" in turn.state else w
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """FedDBE's own first turn: the newcomer learns its PRBias (once the server has fixed the
+        consensus mean); the model is the global one with that bias folded into its head."""
+        return self.first_turn(module, turn, adapt)

@@ -8,9 +8,10 @@ The helpers here (``part``, ``average_part``, ``train_only``) serve every body/h
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable
 
-from .base import Algorithm, NoHparams, Params, Turn, Upload, weighted_mean
+from .base import Algorithm, NoHparams, Params, Phase, Turn, Upload, weighted_mean
 
 
 def part(params: Params, prefix: str) -> Params:
@@ -59,3 +60,15 @@ class FedPer(Algorithm):
 
     def personalized_params(self, module, turn: Turn) -> Params:
         return self._model(turn)
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """A newcomer fits its own local part (FedPer, FedRep: the head; LG-FedAvg: the body) from
+        the seeded initialization, as a training client's starts, under the global shared part,
+        which it leaves as the server has it: a client's model is always that pair."""
+        module.load_params(turn.payload["global"])
+        train_only(module, self.local)
+        try:
+            turn.fit(replace(adapt, params=self.local))
+        finally:
+            train_only(module, "all")
+        return module.params()

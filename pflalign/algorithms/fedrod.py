@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import option
 from ..errors import ConfigError
-from .base import Algorithm, Params, Turn
+from .base import Algorithm, Params, Phase, Turn
 
 
 @dataclass
@@ -86,3 +86,8 @@ class FedRoD(Algorithm):
         if "head" not in turn.state:
             return w
         return {k: w[k] + turn.state["head"][k] if k in turn.state["head"] else w[k] for k in w}
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """FedRoD's own first turn: the personal head, from a copy of the global head, trains on the
+        generic logits; the model is the global generic model plus that head."""
+        return self.first_turn(module, turn, adapt)

@@ -92,3 +92,8 @@ class PerFedAvg(Algorithm):
             named = list(module.model.named_parameters())
             grads = torch.autograd.grad(F.cross_entropy(module(x), y), [p for _, p in named])
         return {k: w[k] - self._alpha(module) * g.to(w[k].device) for (k, _), g in zip(named, grads)}
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """Per-FedAvg's own adaptation, the one step of size alpha that the meta-objective trains
+        the global model for (it reads no client state), whatever ``eval.adapt_epochs`` >= 1."""
+        return self.personalized_params(module, turn)

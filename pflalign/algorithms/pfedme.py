@@ -101,6 +101,11 @@ class PFedMe(Algorithm):
     def personalized_params(self, module, turn: Turn) -> Params:
         return turn.state.get("theta", turn.payload["global"])
 
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """pFedMe's own first turn: theta solves the Moreau-envelope problem around the global model
+        minibatch by minibatch (at ``algo.personal_lr`` unless ``eval.adapt_lr`` is set); theta is the model."""
+        return self.first_turn(module, turn, adapt)
+
     def aggregate(self, uploads: Iterable[Upload], global_params: Params, server_state: dict):
         """(1 - beta) w + beta * mean(w_i) = w + beta * mean(w_i - w)."""
         mean = weighted_mean((u.data["update"], u.weight) for u in uploads)

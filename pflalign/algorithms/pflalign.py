@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 
 from ..config import option
-from .base import Algorithm, Params, Turn, Upload, clone, weighted_mean
+from .base import Algorithm, Params, Phase, Turn, Upload, clone, weighted_mean
 from .diagnostics import gradient_variance
 from .moments import update_moments
 
@@ -178,6 +178,15 @@ class PFLAlign(Algorithm):
 
     def personalized_params(self, module, turn: Turn) -> Params:
         return turn.state.get("theta", turn.payload["global"])
+
+    def new_client_params(self, module, turn: Turn, adapt: Phase) -> Params:
+        """A newcomer's first turn, its upload dropped: without a theta, mechanism 2 starts it at w
+        (no gates yet) and mechanism 1 preconditions from fresh moments; the theta it ends with is
+        its model, as ALGORITHM.md evaluates a client. ``client_end`` (gate step: none on a first
+        turn; the gradient-variance diagnostic) is skipped: theta is the trained model itself."""
+        self.client_begin(module, turn)
+        turn.fit(adapt)
+        return module.params()
 
     # ---- server side -------------------------------------------------------------------
     def round_stats(self, stats: list[dict]) -> dict:

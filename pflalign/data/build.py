@@ -22,7 +22,9 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..plugins import fingerprint
 from . import partition as P
+from . import shift
 from ..serialize import atomic_file
 from .containers import SPLITS, ClientData, FederatedData
 from .datasets import DATASETS, RawDataset, get_dataset
@@ -30,7 +32,9 @@ from .datasets import DATASETS, RawDataset, get_dataset
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: x in client order in <key>.x.npy, memory-mapped
-_NOT_HASHED = ("cache_dir", "download", "seed")
+_NOT_HASHED = ("cache_dir", "download", "seed",
+               "feature_shift", "shift_strength",  # hashed by shift.key_fields: not at all for none
+               "holdout_clients")  # who trains, not what the data is (federation.held_out)
 # Fields that only some datasets read: hashed for those alone, so adding them kept the cache
 # keys (and caches) of every other dataset unchanged.
 _ONLY_FOR = {f: ("shakespeare",) for f in ("seq_len", "stride", "min_chars", "client_samples")}
@@ -44,10 +48,19 @@ def effective_seed(cfg: DataConfig, seed: int) -> int:
 
 
 def cache_key(cfg: DataConfig, seed: int) -> str:
-    """sha256[:16] of the canonical JSON of the data-defining fields and the effective seed."""
+    """sha256[:16] of the canonical JSON of the data-defining fields and the effective seed.
+
+    A plug-in dataset (not built in) hashes every ``data.*`` field (its loader may read any),
+    its name as given (entry-point name or import path) and :func:`pflalign.plugins.fingerprint`
+    of its loader: editing the loader's source file or upgrading the package that installs it
+    rebuilds the data. Editing another module the loader imports, or the files it reads, does
+    not (a loader with ``generated=False`` is re-run and its labels compared on every load);
+    after such a change, delete ``data.cache_dir`` or bump the package version.
+    """
+    plugin = not DATASETS.is_builtin(cfg.dataset)
     fields = {}
     for f in dataclasses.fields(DataConfig):
-        if f.name in _NOT_HASHED or cfg.dataset not in _ONLY_FOR.get(f.name, (cfg.dataset,)):
+        if f.name in _NOT_HASHED or not plugin and cfg.dataset not in _ONLY_FOR.get(f.name, (cfg.dataset,)):
             continue
         v = getattr(cfg, f.name)
         if isinstance(f.default, float) and v is not None:
@@ -55,6 +68,11 @@ def cache_key(cfg: DataConfig, seed: int) -> str:
         if f.name == "root" and v is not None:
             v = str(Path(v).expanduser().resolve())
         fields[f.name] = v
+    if plugin:
+        spec = get_dataset(cfg.dataset)
+        fields["plugin"] = {**fingerprint(spec.load), "num_classes": spec.num_classes,
+                            "generated": spec.generated, "natural": spec.natural}
+    fields.update(shift.key_fields(cfg))
     fields["seed"] = effective_seed(cfg, seed)
     fields["cache_version"] = CACHE_VERSION
     canon = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -104,6 +122,7 @@ def _check_request(cfg: DataConfig, spec) -> None:
     if cfg.dataset == "synthetic" and cfg.num_clients * cfg.min_samples > cfg.num_samples:
         raise DataError(f"data.num_clients*data.min_samples = {cfg.num_clients}*"
                         f"{cfg.min_samples} exceeds data.num_samples={cfg.num_samples}")
+    shift.check(cfg, spec.input_shape)
 
 
 def _check_raw(cfg: DataConfig, raw: RawDataset) -> None:
@@ -163,9 +182,10 @@ def _assemble(raw: RawDataset, splits: list[dict[str, np.ndarray]], x: np.ndarra
                          info=info, from_cache=from_cache)
 
 
-def _save(path: Path, raw: RawDataset, splits) -> None:
-    """``<key>.x.npy``: x in client order (each client's train, val, test); then ``<key>.npz``
-    (labels, shape, each client's indices), whose presence marks a complete cache entry."""
+def _save(path: Path, raw: RawDataset, splits, cfg: DataConfig, seed: int) -> None:
+    """``<key>.x.npy``: x in client order (each client's train, val, test), shifted into each
+    client's domain (``data.feature_shift``); then ``<key>.npz`` (labels, shape, each client's
+    indices), whose presence marks a complete cache entry."""
     arrays = {"y": raw.y, "num_classes": np.int64(raw.num_classes),
               "input_shape": np.asarray(raw.input_shape, dtype=np.int64)}
     for s in SPLITS:
@@ -174,8 +194,10 @@ def _save(path: Path, raw: RawDataset, splits) -> None:
         arrays[f"{s}_off"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     order = np.concatenate([c[s] for c in splits for s in SPLITS]).astype(np.int64)
+    x = raw.x[order]  # a copy: the shift works on it in place
+    shift.apply(cfg, seed, x, [sum(len(c[s]) for s in SPLITS) for c in splits])
     with atomic_file(_x_path(path), fsync=False) as f:
-        np.save(f, np.ascontiguousarray(raw.x[order]))
+        np.save(f, np.ascontiguousarray(x))
     with atomic_file(path, fsync=False) as f:
         np.savez(f, **arrays)
 
@@ -211,6 +233,12 @@ def _load(path: Path, cfg: DataConfig, seed: int, spec):
     return raw, splits, x
 
 
+def _with_shift(info: dict, cfg: DataConfig, seed: int, raw: RawDataset, splits) -> dict:
+    """``info`` plus each client's feature shift (partition.json), when there is one."""
+    record = shift.summary(cfg, seed, len(splits), raw.input_shape)
+    return info if record is None else {**info, "feature_shift": record}
+
+
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     """The federated dataset of ``cfg`` with seed ``cfg.seed`` (or ``seed`` when that is null)."""
     spec = get_dataset(cfg.dataset)
@@ -223,15 +251,17 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     if cached is not None:
         _check_raw(cfg, cached[0])
         log.info("data: loaded %s from cache %s", cfg.dataset, path)
-        return _assemble(*cached, info, from_cache=True)
+        return _assemble(*cached, _with_shift(info, cfg, s, *cached[:2]), from_cache=True)
 
     raw = spec(cfg, s)
     _check_raw(cfg, raw)
+    shift.check(cfg, raw.input_shape, raw.x.dtype)
     parts = _partition(cfg, raw, np.random.default_rng([s % 2**64, _PARTITION_STREAM]))
     split_rng = np.random.default_rng([s % 2**64, _SPLIT_STREAM])
     splits = [split_client(p, cfg.test_fraction, cfg.val_fraction, split_rng, i)
               for i, p in enumerate(parts)]
-    _save(path, raw, splits)
+    _save(path, raw, splits, cfg, s)
     log.info("data: built %s/%s for %d clients, cached at %s", cfg.dataset, cfg.partition,
              len(splits), path)
-    return _assemble(raw, splits, np.load(_x_path(path), mmap_mode="c"), info, from_cache=False)
+    return _assemble(raw, splits, np.load(_x_path(path), mmap_mode="c"), _with_shift(info, cfg, s, raw, splits),
+                     from_cache=False)

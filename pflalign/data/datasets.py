@@ -1,4 +1,5 @@
-"""Dataset registry: name -> loader(cfg, seed) -> RawDataset (train and test pooled).
+"""Dataset registry: name -> loader(cfg, seed) -> RawDataset (train and test pooled); users' own
+as a DatasetSpec by import path or entry point (:mod:`pflalign.plugins`).
 
 Pooling the source's train and test sets before partitioning is PFLlib's convention: every
 client's test split then follows that client's own distribution. Each entry also declares its
@@ -6,6 +7,8 @@ class count and whether it has natural clients, so impossible requests fail befo
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..plugins import Registry, what
 from . import files, shakespeare, synthetic
 
 FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
@@ -109,7 +113,37 @@ def _cifar_loader(name: str, num_classes: int):
     return load
 
 
-DATASETS: dict[str, DatasetSpec] = {
+def _checked(spec: DatasetSpec, where: str) -> Callable[..., RawDataset]:
+    """A plug-in's loader, made to return what its spec declares (a wrong shape or dtype would
+    otherwise fail rounds later, or rebuild the cache on every load). ``spec.input_shape`` is
+    the shape at the default settings (a ``data.*`` key may change it), so x is checked against
+    the returned ``input_shape``."""
+    @functools.wraps(spec.load)
+    def load(cfg, seed: int) -> RawDataset:
+        raw = spec.load(cfg, seed)
+        if not isinstance(raw, RawDataset):
+            raise DataError(f"{where}: the loader returned {what(raw)}, not a pflalign.data.RawDataset")
+        if raw.num_classes != spec.num_classes or raw.x.shape[1:] != tuple(raw.input_shape):
+            raise DataError(f"{where}: the loader returned x of shape {raw.x.shape}, input_shape "
+                            f"{tuple(raw.input_shape)} and {raw.num_classes} classes; they must agree, "
+                            f"and its DatasetSpec declares {spec.num_classes} classes")
+        if raw.x.dtype not in (np.float32, np.int64) or raw.y.dtype != np.int64:
+            raise DataError(f"{where}: the loader returned x of {raw.x.dtype} and y of {raw.y.dtype}; "
+                            f"x must be float32 (int64 for token ids), y int64")
+        return raw
+    return load
+
+
+def _check(obj, where: str) -> DatasetSpec:
+    """A plug-in dataset is a :class:`DatasetSpec` object: its class count and input shape are
+    known (and validated against) before its loader runs. ``generated=True`` if the loader makes
+    the data (the cache keeps it), False if it reads files (re-read and checked on every load)."""
+    if not isinstance(obj, DatasetSpec):
+        raise ConfigError(f"{where}: {what(obj)} is not a pflalign.data.DatasetSpec")
+    return dataclasses.replace(obj, load=_checked(obj, where))
+
+
+DATASETS: Registry[DatasetSpec] = Registry("data.dataset", "pflalign.datasets", {
     "mnist1d": DatasetSpec(_mnist1d, 10, (40,), "MNIST-1D, generated (data.num_samples)",
                            generated=True),
     "digits": DatasetSpec(_digits, 10, (64,), "scikit-learn 8x8 digits (1797 samples)"),
@@ -127,10 +161,9 @@ DATASETS: dict[str, DatasetSpec] = {
                            "CIFAR-10 python batches (data.root)"),
     "cifar100": DatasetSpec(_cifar_loader("cifar100", 100), 100, (3, 32, 32),
                             "CIFAR-100 python batches (data.root)"),
-}
+}, _check, "package.module:spec", unknown=DataError)
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise DataError(f"unknown data.dataset '{name}' (choose from {', '.join(DATASETS)})")
-    return DATASETS[name]
+    """A built-in or entry-point name, or ``package.module:spec`` naming a DatasetSpec."""
+    return DATASETS.resolve(name)

@@ -2,7 +2,8 @@
 
 ``train(round, payload, jobs)`` and ``evaluate(round, payload, jobs)`` take ``jobs`` as
 ``[(client_id, state handle), ...]`` and return results in the same order (train: pairs of
-(upload, new handle)); its workers turn handles into states and back through ``io``
+(upload, new handle); ``evaluate(..., new=True)``: held-out clients, served as newcomers from
+``payload`` alone, handles ignored); its workers turn handles into states and back through ``io``
 (``store``); ``fetch_states(handles)`` turns memory-store handles into state dicts for a
 checkpoint; ``close()`` frees resources.
 """

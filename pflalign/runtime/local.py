@@ -15,7 +15,10 @@ class LocalRuntime:
     def train(self, rnd: int, payload: dict, jobs: list[tuple[int, Any]]):
         return (self.worker.train(cid, rnd, payload, state) for cid, state in jobs)
 
-    def evaluate(self, rnd: int, payload: dict, jobs: list[tuple[int, Any]]):
+    def evaluate(self, rnd: int, payload: dict, jobs: list[tuple[int, Any]], new: bool = False):
+        """``new``: the jobs are held-out clients, each served as a newcomer (no state)."""
+        if new:
+            return [self.worker.evaluate_new(cid, rnd, payload) for cid, _ in jobs]
         return [self.worker.evaluate(cid, rnd, payload, state) for cid, state in jobs]
 
     def fetch_states(self, handles: list) -> list[dict]:

@@ -32,6 +32,19 @@ from .cluster import connected
 log = logging.getLogger("pflalign.ray")
 IN_FLIGHT = 2  # batches of turns queued at each worker actor
 BATCHES_PER_SLOT, MAX_BATCH, BATCH_BYTES = 1, 32, 256 * 2**20  # see RayRuntime._batches
+TURN_LOG_ENV = "PFLALIGN_TURN_LOG"  # a file: each worker appends which node trains which client (off by default)
+
+
+def log_turns(path: str, rnd: int, clients: list) -> None:
+    """One JSON line per training turn (round, client, host, Ray node id): where a multi-node
+    cluster ran what (slurm/README.md, tests/test_slurm_multinode.py); it changes no result."""
+    import json
+    import socket
+
+    node, host = ray.get_runtime_context().get_node_id(), socket.gethostname()
+    with open(path, "a") as f:
+        f.write("".join(json.dumps({"round": rnd + 1, "client": int(c), "host": host, "node": node}) + "\n"
+                        for c in clients))
 
 
 def to_numpy(obj: Any) -> Any:
@@ -75,6 +88,8 @@ class WorkerActor:
         memory-store state stays in the object store under its own ref."""
         if fault:
             os._exit(1)  # fault injection (ray.fault_round): die mid-turn, like an OOM kill
+        if os.environ.get(TURN_LOG_ENV):
+            log_turns(os.environ[TURN_LOG_ENV], rnd, clients)
         payload, uploads, states = to_torch(payload), [], []
         for client_id, handle in zip(clients, handles):
             upload, state = self.worker.train(client_id, rnd, payload, to_torch(handle, copy=True))
@@ -86,6 +101,11 @@ class WorkerActor:
     def evaluate(self, rnd, payload, clients, fault, separate, *handles):
         payload = to_torch(payload)
         return [self.worker.evaluate(c, rnd, payload, to_torch(h, copy=True)) for c, h in zip(clients, handles)]
+
+    def evaluate_new(self, rnd, payload, clients, fault, separate, *handles):
+        """Held-out clients, each served as a newcomer from the payload alone (no state)."""
+        payload = to_torch(payload)
+        return [self.worker.evaluate_new(c, rnd, payload) for c in clients]
 
 
 def pool_size(rc, num_clients: int) -> int:
@@ -120,13 +140,17 @@ class RayRuntime:
         that fits the cluster is started here."""
         self.cfg, self.io = cfg, io or MemoryIO()
         # What a turn costs, roughly (see _batches): training, its samples plus about two
-        # minibatches' worth of fixed work; an evaluation (forward passes only), mostly fixed work.
-        self.cost = {"train": data.train_sizes() + 2 * cfg.train.batch_size, "evaluate": np.ones(data.num_clients)}
+        # minibatches' worth of fixed work; an evaluation (forward passes only), mostly fixed work;
+        # a held-out client's (evaluate_new), its adaptation epochs.
+        train_cost = data.train_sizes() + 2 * cfg.train.batch_size
+        self.cost = {"train": train_cost, "evaluate": np.ones(data.num_clients),
+                     "evaluate_new": 1 + cfg.eval.adapt_epochs * train_cost}
         # A training batch's uploads (a model each) and memory-store states (up to MODEL_COPIES
         # models each) sit in the worker until the batch ends: at most BATCH_BYTES of them.
         turn_bytes = model_bytes(cfg.model, data.input_shape, data.num_classes) * (
             1 + (MODEL_COPIES if self.io.kind == "memory" else 0))
-        self.max_turns = {"train": max(1, min(MAX_BATCH, BATCH_BYTES // turn_bytes)), "evaluate": MAX_BATCH}
+        self.max_turns = {"train": max(1, min(MAX_BATCH, BATCH_BYTES // turn_bytes)), "evaluate": MAX_BATCH,
+                          "evaluate_new": MAX_BATCH}
         self.actors = actors or [new_worker(cfg, self.io) for _ in range(pool_size(cfg.ray, data.num_clients))]
         self.num_workers = len(self.actors)
         self.fault_pending = cfg.ray.fault_round is not None
@@ -201,8 +225,9 @@ class RayRuntime:
         stays in the object store; disk store: the worker wrote the file, the handle is tiny."""
         return self._dispatch("train", rnd, payload, jobs, separate=self.io.kind == "memory")
 
-    def evaluate(self, rnd: int, payload: dict, jobs: list) -> list:
-        return list(self._dispatch("evaluate", rnd, payload, jobs))
+    def evaluate(self, rnd: int, payload: dict, jobs: list, new: bool = False) -> list:
+        """``new``: the jobs are held-out clients, each served as a newcomer (no state)."""
+        return list(self._dispatch("evaluate_new" if new else "evaluate", rnd, payload, jobs))
 
     def fetch_states(self, handles: list) -> list:
         """Memory-store handles -> states, one at a time (a checkpoint fetches only changed ones)."""
