@@ -120,7 +120,7 @@ class WandbLogger:
             tags=[short_name(cfg.algorithm), short_name(cfg.data.dataset), f"seed{cfg.seed}"])  # W&B: <= 64 chars
         if fed.round == 0:
             from pflalign.plots import partition_heatmap
-            fig = partition_heatmap(fed.data.histograms("train"))
+            fig = partition_heatmap(fed.data.histograms("train"), shift=fed.data.info.get("feature_shift"))
             self.run.log({"partition": wandb.Image(fig)}, step=0)
 
     def on_round_end(self, fed, record: dict) -> None:

@@ -45,6 +45,8 @@ COLUMNS = {
     "final.acc_bottom10": "bottom 10%",
     "stability_std": "stability std",
     "global_acc_last10": "global model acc",
+    "new_acc_mean_last10": "new clients acc (mean, last 10)",  # data.holdout_clients > 0
+    "new_acc_worst_last10": "new clients worst (last 10)",
 }
 STD_NOTE = ("Cells are mean ± std over the row's runs (one per seed), in %: std is the sample standard deviation "
             "(ddof=1), so a single run has none; n is the *seeds* column (a cell with fewer runs says n=k). "
@@ -265,7 +267,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per label, the numbers of the CSVs: ``seeds`` (runs in the row) and, per metric,
     ``<metric>_mean``, ``<metric>_std`` (sample std, ddof=1: NaN for one run) and ``<metric>_n``,
     in results.json units; best mean personalized accuracy first."""
-    names = {h: m for h, m in metric_names().items() if df[h].notna().any()}
+    names = {h: m for h, m in metric_names().items() if h in df and df[h].notna().any()}
     grouped = df.groupby("label", sort=False)
     stats = grouped[list(names)].agg(["mean", "std", "count"])
     stats.columns = [f"{names[h]}_{'n' if s == 'count' else s}" for h, s in stats.columns]

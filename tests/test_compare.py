@@ -9,8 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from callbacks.progress import LINES_ENV, ProgressBar
+from conftest import run_cli
 from pflalign.cli import main
-from pflalign.compare import format_table, summary_table
+from pflalign.compare import format_table, load_results, summary_table
 from pflalign.config import load_config, to_dict
 
 VARIANTS = """\
@@ -174,3 +175,11 @@ def test_parallel_runs_print_labelled_lines_and_no_wandb_banners(tiny, tmp_path,
     assert {line.split("]")[0] for line in err.splitlines() if line.startswith("[")} == {"[fedavg s0", "[local s0"}
     assert "wandb:" not in err and "wandb:" not in out
     assert len(list(compare_dir.glob("*/wandb/offline-run-*"))) == 2  # W&B did log, quietly
+
+
+def test_tables_show_new_client_accuracy_when_clients_are_held_out(tiny):
+    run_dir = run_cli(tiny + ["data.holdout_clients=2"])
+    results = json.loads((run_dir / "results.json").read_text())
+    stats = summary_table(load_results([run_dir]))
+    assert stats.loc["pflalign", "new_acc_mean_last10_mean"] == results["new_acc_mean_last10"]
+    assert "new clients acc (mean, last 10)" in format_table(stats)
