@@ -64,7 +64,7 @@ COMMON = ["rounds=40", "eval_every=2", "stability_window=10", "data.val_fraction
 # ALGORITHM.md's control (isolates the preconditioner from plain persistence), tuned like a method.
 CONTROLS = {"fedavg_ft_pm": ("fedavg_ft", ["algo.persistent_momentum=true"])}
 TUNED = ["pflalign", "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod",
-         "fedas", "fedcac", "fedbabu"]
+         "fedas", "fedcac", "fedbabu", "fedcp", "gpfl"]
 # pFLAlign's tuned config with these changes (they win over tuned values).
 ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanism 2 only": ["algo.m1=false"],
             "pflalign: neither (= FedAvg+FT)": ["algo.m1=false", "algo.m2=false"],
@@ -215,11 +215,15 @@ def across_settings(results: pd.DataFrame, labels, settings: list[str], column: 
     return wide.sort_values("mean rank")
 
 
-def focus_curves(results: pd.DataFrame, path: Path) -> None:
-    """Accuracy vs round of pFLAlign, the control and the reference baselines, one panel per setting."""
+def focus_curves(results: pd.DataFrame, path: Path) -> bool:
+    """Accuracy vs round of pFLAlign, the control and the reference baselines, one panel per setting
+    (False: none of them ran, nothing drawn)."""
     runs = results[results["label"].isin(FOCUS)].copy()
+    if runs.empty:  # --algorithms with none of them
+        return False
     runs["history"] = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in runs["run_dir"]]
     plot_curves(runs, path)
+    return True
 
 
 def heatmap(results: pd.DataFrame, settings: list[str], path: Path) -> None:
@@ -265,7 +269,7 @@ def main() -> None:
     gradvar = pd.concat([g.reset_index() for _, g, _ in parts if not g.empty] or [pd.DataFrame()])
     diverged = [d for _, _, ds in parts for d in ds]
     heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS])], args.settings, args.results / "summary.png")
-    focus_curves(results, args.results / "acc_vs_round.png")
+    curves = focus_curves(results, args.results / "acc_vs_round.png")
     methods = [*args.algorithms, *CONTROLS]
     text = ["# Accuracy suite summary", "", f"Mean ± std over seeds {args.seeds}, in %; mean rank over the settings.",
             "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
@@ -280,7 +284,7 @@ def main() -> None:
             *([f"- {d['setting']}: {d['label']}, seed {d['seed']}: {d['error']}" for d in diverged] or ["none"]), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",
             gradvar.to_markdown(index=False) if len(gradvar) else "(no pFLAlign runs)", "", "![summary](summary.png)", "",
-            "![accuracy vs round](acc_vs_round.png)", ""]
+            *(["![accuracy vs round](acc_vs_round.png)", ""] if curves else [])]
     (args.results / "summary.md").write_text("\n".join(text))
     print("\n".join(text))
 

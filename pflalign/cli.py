@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables (mean +- std over seeds) and plots from run/compare/sweep dirs")
     rep.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or directories containing runs")
     rep.add_argument("--out", help="output directory (default: DIR when one is given, else ./report)")
+    rep.add_argument("--baseline", metavar="LABEL", help="label the paired per-client plot compares every other "
+                     "label against (default: fedavg when present, else the table's last row)")
+    rep.add_argument("--wandb", action="store_true", help="also save a W&B Report of the runs (needs wandb-workspaces: "
+                     "pip install 'pflalign[reports]', an API key and network; checked before anything is written)")
     lst = sub.add_parser("list", help="list algorithms, datasets, models, partitions, config keys or packaged configs")
     lst.add_argument("what", nargs="?", choices=LISTS, default="algorithms")
     return parser
@@ -198,7 +202,20 @@ def cmd_report(args) -> int:
 
     if args.out is not None and not args.out.strip():
         raise InputError("--out must name a directory (got an empty string)")
-    out = write_report([Path(d) for d in args.dirs], Path(args.out) if args.out else None)
+    dirs, plan = [Path(d) for d in args.dirs], None
+    if args.wandb:  # saving needs the package, a key and the host: checked before anything is written
+        from callbacks.wandb_report import check_online, plan_report
+
+        plan = plan_report(dirs)
+        check_online()
+    out = write_report(dirs, Path(args.out) if args.out else None, args.baseline)
+    if plan is not None:
+        from callbacks.wandb_report import publish
+
+        if plan.offline:
+            print(f"pflalign: note: {len(plan.offline)} run(s) here logged offline show in the report once uploaded: "
+                  f"wandb sync {' '.join(map(str, plan.offline))}", file=sys.stderr)
+        print(f"W&B report: {publish(plan)}")
     print(out)
     return 0
 

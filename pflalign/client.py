@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 import warnings
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import lightning.pytorch as pl
 from lightning.fabric import Fabric
@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .algorithms import Algorithm, Turn, Upload, build_algorithm
 from .algorithms.base import Params, Phase
 from .data import FederatedData, build_federated_data
-from .errors import NonFiniteLossError
+from .errors import ConfigError, NonFiniteLossError
 from .models import build_model
 from .seeds import straggler_steps, stragglers, turn_seed
 from .store import DiskIO, MemoryIO
@@ -37,6 +37,10 @@ class ClientModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, algorithm: Algorithm, train_cfg, num_classes: int):
         super().__init__()
         self.model, self.algorithm, self.train_cfg = model, algorithm, train_cfg
+        extra = algorithm.extra_modules(model)  # the algorithm's own modules (FedCP, GPFL); usually none
+        if set(extra) & set(dict(model.named_children())):
+            raise ConfigError(f"algorithm {algorithm.name}: extra module names {sorted(extra)} clash with the model's parts")
+        self.extra = torch.nn.ModuleDict(extra)
         self.batch_size = train_cfg.batch_size
         self.turn: Turn | None = None
         self.automatic_optimization = False
@@ -46,13 +50,22 @@ class ClientModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def named_params(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """The model's parameters, then the algorithm's extra modules' (``<name>.<param>``)."""
+        return itertools.chain(self.model.named_parameters(), self.extra.named_parameters())
+
     def params(self) -> Params:
-        return {k: p.detach().clone() for k, p in self.model.named_parameters()}
+        return {k: p.detach().clone() for k, p in self.named_params()}
 
     @torch.no_grad()
     def load_params(self, params: Params) -> None:
+        """Every model tensor from ``params``, and the extra modules' tensors that it carries (a
+        global model's dict has none: the extras keep what they had)."""
         for k, p in self.model.named_parameters():
             p.copy_(params[k])
+        for k, p in self.extra.named_parameters():
+            if k in params:
+                p.copy_(params[k])
 
     def training_step(self, minibatches, batch_idx):
         # One training_step = one local epoch (the worker passes the epoch's minibatches), manual
@@ -75,18 +88,21 @@ class ClientModule(pl.LightningModule):
 
     def configure_optimizers(self):
         phase = self.turn.phase
-        params = [p for k, p in self.model.named_parameters() if phase.params == "all" or k.startswith(phase.params + ".")]
+        params = [p for k, p in self.named_params() if phase.params == "all" or k.startswith(phase.params + ".")]
         lr = phase.lr if phase.lr is not None else self.train_cfg.lr
         return torch.optim.SGD(params, lr=lr, weight_decay=self.train_cfg.weight_decay)
 
     @torch.no_grad()
-    def evaluate(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(accuracy, mean loss) of ``params`` on (x, y)."""
+    def evaluate(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+        """(accuracy, mean loss) of ``params`` on (x, y); ``forward`` (default: the model) maps
+        inputs to logits once they are loaded (a personalized forward)."""
         self.load_params(params)
         self.model.eval()
         self.accuracy.reset(), self.mean_loss.reset()
+        forward = forward or self.model
         for i in range(0, len(y), 1024):
-            logits = self.model(x[i:i + 1024])
+            logits = forward(x[i:i + 1024])
             self.accuracy.update(logits, y[i:i + 1024])
             self.mean_loss.update(torch.nn.functional.cross_entropy(logits, y[i:i + 1024]), len(logits))
         self.model.train()
@@ -204,27 +220,38 @@ class ClientWorker:
             if prefix and params is models[""]:  # the personalized model is the global one: evaluated once
                 out.update({prefix + k: out[k] for k in ("acc", "loss", "val_acc", "val_loss") if k in out})
                 continue
-            out[prefix + "acc"], out[prefix + "loss"] = self.module.evaluate(params, *self._on_device(client.test_x, client.test_y))
+            forward = None if prefix else self._personalized_forward(turn)  # the global model: the model itself
+            out[prefix + "acc"], out[prefix + "loss"] = self.module.evaluate(
+                params, *self._on_device(client.test_x, client.test_y), forward)
             if len(client.val_y):
                 out[prefix + "val_acc"], out[prefix + "val_loss"] = self.module.evaluate(
-                    params, *self._on_device(client.val_x, client.val_y))
+                    params, *self._on_device(client.val_x, client.val_y), forward)
         return out
+
+    def _personalized_forward(self, turn: Turn) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: self.algorithm.personalized_forward(self.module, turn, x)
 
     def new_client_params(self, client_id: int, rnd: int, payload: dict) -> Params:
         """The model held-out client ``client_id`` is served at round ``rnd`` (the algorithm's
         ``new_client_params``; ``eval.adapt_epochs=0``: the global model as is). Its state starts
         empty and is never saved; its training has its own seeded stream (NEW_CLIENT), so every
         runtime gives the same model."""
+        return self._new_client(client_id, rnd, payload)[0]
+
+    def _new_client(self, client_id: int, rnd: int, payload: dict) -> tuple[Params, Callable | None]:
+        """The newcomer's model and how it predicts: the algorithm's personalized forward over its
+        adaptation turn, or (no adaptation) the global model itself."""
         ev = self.cfg.eval
         if not ev.adapt_epochs:
-            return payload["global"]
+            return payload["global"], None
         turn = self._turn(client_id, rnd, payload, {}, purpose=NEW_CLIENT)
-        return self.algorithm.new_client_params(self.module, turn, Phase("adapt", epochs=ev.adapt_epochs,
-                                                                         lr=ev.adapt_lr))
+        params = self.algorithm.new_client_params(self.module, turn, Phase("adapt", epochs=ev.adapt_epochs,
+                                                                           lr=ev.adapt_lr))
+        return params, self._personalized_forward(turn)
 
     def evaluate_new(self, client_id: int, rnd: int, payload: dict) -> dict[str, Any]:
         """Accuracy/loss of the model a held-out client is served, on its test split."""
         client = self.data.clients[client_id]
-        params = self.new_client_params(client_id, rnd, payload)
-        acc, loss = self.module.evaluate(params, *self._on_device(client.test_x, client.test_y))
+        params, forward = self._new_client(client_id, rnd, payload)
+        acc, loss = self.module.evaluate(params, *self._on_device(client.test_x, client.test_y), forward)
         return {"client": client_id, "n_test": len(client.test_y), "acc": acc, "loss": loss}

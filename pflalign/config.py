@@ -43,7 +43,7 @@ def option(default: Any, help: str, *, lo: float | None = None, hi: float | None
 @dataclass
 class DataConfig:
     dataset: str = option("mnist1d", "dataset name (`pflalign list datasets`)")
-    root: Optional[str] = option(None, "directory (or text file, shakespeare) of file-based datasets")
+    root: Optional[str] = option(None, "directory (or text file, shakespeare; .parquet file, hf) of file-based datasets")
     download: bool = option(False, "let torchvision download cifar10/cifar100/mnist into root")
     num_samples: int = option(5000, "samples to generate (mnist1d; synthetic: mean per client x clients)", lo=10)
     max_samples: Optional[int] = option(None, "file datasets: partition a seeded random subset of this many "
@@ -65,6 +65,16 @@ class DataConfig:
     stride: Optional[int] = option(None, "shakespeare: characters between sample windows; null = seq_len (disjoint; LEAF: 1)", lo=1)
     min_chars: int = option(10000, "shakespeare: characters a speaker needs to be a client (the longest num_clients are used)", lo=1)
     client_samples: Optional[int] = option(256, "shakespeare: samples per client at most (seeded random subset of its windows); null = all", lo=2)
+    feature_column: Optional[str] = option(None, "hf: the input column; null = the first of image, img, pixel_values, x")
+    label_column: Optional[str] = option(None, "hf: the label column; null = the first of label, labels, fine_label, y")
+    client_column: Optional[str] = option(None, "hf: the column naming each row's client (partition=natural: the "
+                                          "num_clients largest); null = none")
+    image_size: Optional[int] = option(None, "hf, imagefolder: resize images to this square size; null = the files' "
+                                       "own size (all must agree)", lo=1)
+    image_mode: str = option("auto", "hf, imagefolder: image channels; auto = gray when every image is, else rgb",
+                             choices=["auto", "gray", "rgb"])
+    leaf_task: str = option("auto", "leaf: what x and y are; auto = told from the first sample (784 numbers: femnist)",
+                            choices=["auto", "femnist", "shakespeare", "sent140", "vector"])
     feature_shift: str = option("none", "a per-client input domain, on all of its splits: rotate (images), noise "
                                 "(Gaussian), affine (vectors: x -> Ax+b near identity)",
                                 choices=["none", "rotate", "noise", "affine"])

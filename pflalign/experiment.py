@@ -22,13 +22,14 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from omegaconf import OmegaConf
 
+from .algorithms import build_algorithm
 from .checkpoint import (CHECKPOINT, RESUMABLE_TEXT, Checkpointer, experiment_identity, load_checkpoint, load_history,
                          remove_stale_temp_files, write_json, write_text)
 from .config import Config, load_config, resolve_hparams, to_dict
 from .data import build_federated_data
 from .errors import ConfigError, NonFiniteLossError, RunInterrupted
 from .federation import Federation
-from .models import build_model, model_bytes
+from .models import build_model, check_parts, model_bytes
 from .plugins import short_name
 from .runlog import JsonlWriter, TimingLog
 from .runtime import build_runtime
@@ -72,10 +73,11 @@ def communication(history: list[dict]) -> dict:
 
 
 def prepare(cfg: Config):
-    """Build (or load from cache) the federated data and check the model fits it."""
+    """Build (or load from cache) the federated data and check the model fits it and the algorithm."""
     data = build_federated_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
-    try:
+    try:  # conv nets probe their layer sizes while being built: an input too small fails there
+        model = build_model(cfg.model, data.input_shape, data.num_classes)
+        check_parts(model, build_algorithm(cfg).needs_parts, cfg.model.name, cfg.algorithm)
         with torch.no_grad():
             model(data.clients[0].train_x[:1])
     except RuntimeError as e:
@@ -235,13 +237,17 @@ def run_federation(cfg: Config, data, run_dir: Path, snapshot: dict | None,
     finally:
         metrics.close()
         runtime.close()
-    write_json(run_dir / "results.json", {
+    record = {
         "algorithm": cfg.algorithm, "label": cfg.label or cfg.algorithm, "seed": cfg.seed, "experiment": cfg.experiment, **results,
         "rounds": fed.round, "wall_time_s": round(time.perf_counter() - start, 3), "time_s": timings.totals(),
         "comm": communication(fed.history),
         "resumed_from_round": snapshot["round"] if snapshot else None, "state_store": runtime.io.kind,
         "evaluated": cfg.eval_clients if cfg.eval_clients != "subset" else f"subset of {cfg.eval_subset}",
-        "versions": versions(), "git": git_version(), "command": " ".join(sys.argv), "config": to_dict(cfg)})
+        "versions": versions(), "git": git_version(), "command": " ".join(sys.argv), "config": to_dict(cfg)}
+    write_json(run_dir / "results.json", record)
+    for cb in fed.callbacks:  # observers that keep the finished run (W&B) see results.json as written
+        if hasattr(cb, "on_results"):
+            cb.on_results(fed, record)
     return run_dir
 
 

@@ -1,11 +1,13 @@
-"""``pflalign report DIR...``: finished runs compared in markdown, CSV and PNG plots.
+"""``pflalign report DIR...``: finished runs compared in markdown, CSV and plots (PNG and PDF).
 
 It reads only run directories (``results.json``, ``metrics.jsonl``, ``partition.json``), so a
 run, a ``compare`` directory, a sweep directory (its ``trials/``) or any mix of them work the
 same. Rows are mean ± std (sample std, ddof=1) over seeds per label (the algorithm, or
 ``label=``) within a *setting*: the data/federation keys that differ between the runs (dataset,
 partition, alpha, clients, model, rounds). Runs that differ only in seed are pooled; runs on different data never.
-The table itself is :func:`pflalign.compare.summary_table`, the same as ``pflalign compare``'s.
+The table itself is :func:`pflalign.compare.summary_table`, the same as ``pflalign compare``'s;
+every figure lists labels in its order. A sweep directory also gets its own section
+(:mod:`pflalign.sweep_report`): the validation metric it selected on and every hyperparameter.
 Every file is read and checked before the output directory is touched, so a garbage or
 incomplete run directory is one error line naming the file, and nothing is written.
 """
@@ -17,17 +19,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import STD_NOTE, load_results, markdown, metric_names, read_json, read_results, summary_table
-from .config import check_dir
+from . import plots
 from .checkpoint import write_text
+from .compare import COLUMNS, STD_NOTE, load_results, markdown, metric_names, read_json, read_results, summary_table
+from .config import check_dir
 from .errors import InputError
+from .sweep_report import find_sweeps, read_sweep, sensitivity_figure, sweep_markdown, sweep_table
 
 SETTING_PREFIXES = ("data.", "model.", "rounds", "client_fraction", "train.local_epochs")
 NOT_SETTING = ("data.seed", "data.cache_dir", "data.root", "data.download")
 COMMON = ("data.dataset", "data.partition", "data.alpha", "data.num_clients", "model.name", "rounds")
+PARTITION_ARG = {"dirichlet": ("data.alpha", "alpha={}"), "pathological": ("data.classes_per_client", "{} classes/client"),
+                 "quantity_skew": ("data.quantity_sigma", "sigma={}")}
+LAST = 10  # per-client accuracy: mean of each client's last 10 evaluations, like the table's "last 10"
 NOTE = (f"{STD_NOTE} *acc (mean, last 10)*: unweighted mean over clients of the personalized test accuracy, "
         "averaged over the last 10 evaluations; *worst client* and *bottom 10%*: final round; *stability std*: "
         "std of the mean accuracy over the last `stability_window` rounds.")
+
+
+def _copy(path: Path, root: Path) -> bool:
+    """A run's file copied by W&B (``wandb/*/files/``) or into a Tune checkpoint: not a run."""
+    return any(part == "wandb" or part.startswith("checkpoint_") for part in path.relative_to(root).parts[:-1])
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Path], int]:
@@ -37,9 +49,10 @@ def find_runs(dirs: list[Path]) -> tuple[list[Path], int]:
         if not Path(d).is_dir():
             raise InputError(f"report: {d} is a file, not a directory of runs" if Path(d).exists()
                              else f"report: no such directory: {d}")
-        found = [d] if (d / "results.json").is_file() else sorted(p.parent for p in d.rglob("results.json"))
+        found = [d] if (d / "results.json").is_file() else \
+            sorted(p.parent for p in d.rglob("results.json") if not _copy(p, d))
         runs += found
-        skipped += sum(1 for p in d.rglob("metrics.jsonl") if p.parent not in found)
+        skipped += sum(1 for p in d.rglob("metrics.jsonl") if p.parent not in found and not _copy(p, d))
     if not runs:
         raise InputError(f"report: no finished runs (results.json) under {', '.join(map(str, dirs))}")
     return list(dict.fromkeys(runs)), skipped
@@ -84,8 +97,9 @@ def read_history(run_dir: Path) -> list[dict]:
     return rows
 
 
-def read_partition(run_dir: Path) -> list | None:
-    """partition.json's train histogram (clients x classes), or None when the run has none."""
+def read_partition(run_dir: Path) -> dict | None:
+    """partition.json's train histogram (clients x classes), per-split client sizes (None in a
+    file without them) and feature shift; None when the run has no partition.json."""
     path = Path(run_dir) / "partition.json"
     if not path.is_file():
         return None
@@ -94,7 +108,10 @@ def read_partition(run_dir: Path) -> list | None:
         isinstance(part.get("histograms"), dict) else None
     if not isinstance(hist, list) or not hist or not all(_numbers(row) and len(row) == len(hist[0]) for row in hist):
         raise InputError(f"{path} has no histograms.train (a clients x classes table of counts)")
-    return hist
+    sizes = part.get("sizes")
+    ok = isinstance(sizes, dict) and all(_numbers(v) and len(v) == len(hist) for v in sizes.values()) \
+        and _numbers(sizes.get("test"))
+    return {"hist": hist, "sizes": sizes if ok else None, "shift": part.get("feature_shift")}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -104,124 +121,193 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def settings(configs: list[dict]) -> tuple[list[str], str]:
-    """Each run's setting (the setting keys that vary, as ``k=v``) and the common part."""
+def describe(flat: dict, varying: list[str]) -> str:
+    """A figure title for a setting: ``digits, dirichlet(alpha=0.5), 6 clients, model mlp, 3 rounds``
+    and any other setting key that varies between the runs (``train.local_epochs=2``)."""
+    part = flat.get("data.partition")
+    arg_key, arg = PARTITION_ARG.get(part, (None, None))
+    held = flat.get("data.holdout_clients") or 0
+    bits = [str(flat.get("data.dataset")), f"{part}({arg.format(flat.get(arg_key))})" if arg else str(part),
+            f"{flat.get('data.num_clients')} clients" + (f" ({held} held out)" if held else ""),
+            f"model {flat.get('model.name')}", f"{flat.get('rounds')} rounds"]
+    shown = {"data.dataset", "data.partition", "data.num_clients", "data.holdout_clients", "model.name", "rounds", arg_key}
+    return ", ".join(bits + [f"{k}={flat.get(k)}" for k in varying if k not in shown])
+
+
+def settings(configs: list[dict]) -> tuple[list[str], list[str], str]:
+    """Each run's setting (the setting keys that vary, as ``k=v``), its title and the common part."""
     flat = [_flat(c) for c in configs]
     keys = [k for k in flat[0] if k.startswith(SETTING_PREFIXES) and k not in NOT_SETTING]
     varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1]
     per_run = [", ".join(f"{k}={f.get(k)}" for k in varying) or "all runs" for f in flat]
     common = ", ".join(f"{k}={flat[0][k]}" for k in COMMON if k in keys and k not in varying)
-    return per_run, common
+    return per_run, [describe(f, varying) for f in flat], common
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _grid(n: int, w: float = 5.5, h: float = 3.8):
-    plt = _pyplot()
-    cols = min(n, 3)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, axes.flat
-
-
-def plot_curves(runs: pd.DataFrame, path: Path) -> None:
-    """Mean personalized accuracy vs round per label, with a ±std band over seeds."""
-    many = runs.groupby("setting")["label"].nunique().max() > 8  # then the legend goes beside the plot
-    fig, axes = _grid(runs["setting"].nunique(), w=9 if many else 5.5, h=max(3.8, 0.2 * runs["label"].nunique()))
-    for ax, (setting, group) in zip(axes, runs.groupby("setting", sort=False)):
-        for i, (label, g) in enumerate(group.groupby("label", sort=False)):
-            curves = [pd.Series({r["round"]: r["acc_mean"] * 100 for r in rows if "acc_mean" in r})
-                      for rows in g["history"]]
-            table = pd.concat(curves, axis=1).dropna()
-            mean, std = table.mean(axis=1), table.std(axis=1, ddof=0)
-            ax.plot(mean.index, mean, ("-", "--", ":")[i // 10 % 3], label=f"{label} (n={len(curves)})")
-            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
-        ax.set(title=setting, xlabel="round", ylabel="mean personalized acc (%)")
-        ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if many else {"loc": "lower right"}))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def plot_clients(runs: pd.DataFrame, path: Path) -> None:
-    """Distribution of per-client accuracy at the last evaluation, pooled over seeds."""
-    most = runs.groupby("setting")["label"].nunique().max()
-    fig, axes = _grid(runs["setting"].nunique(), w=7, h=1.5 + 0.4 * most)
-    for ax, (setting, group) in zip(axes, runs.groupby("setting", sort=False)):
-        labels, data = [], []
-        for label, g in group.groupby("label", sort=False):
-            last = [next(r for r in reversed(rows) if "client_acc" in r) for rows in g["history"]]
-            labels.append(label)
-            data.append(np.concatenate([np.asarray(r["client_acc"]) * 100 for r in last]))
-        ax.boxplot(data, orientation="horizontal")  # long labels read best on the y axis
-        for i, d in enumerate(data, 1):
-            ax.plot(d, np.full(len(d), i) + np.linspace(-0.15, 0.15, len(d)), ".", alpha=0.4, ms=3)
-        ax.set_yticks(range(1, len(labels) + 1), labels)
-        ax.set(title=setting, xlabel="client accuracy (%), last round")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def plot_partitions(runs: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
-    """One heatmap per distinct partition; returns (file, caption) pairs."""
-    from .plots import partition_heatmap
-
-    seen, figs = set(), []
-    for hist, setting, cfg, run_dir in zip(runs["partition"], runs["setting"], runs["config"], runs["run_dir"]):
-        if hist is None:
-            continue
-        shift = read_json(Path(run_dir) / "partition.json", "partition of a run").get("feature_shift")
-        if json.dumps([hist, shift]) in seen:  # same labels, other domains: another figure
-            continue
-        seen.add(json.dumps([hist, shift]))
-        seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg.get("seed")
-        caption = f"{setting}, data seed {seed}"
-        name = f"partition_{len(figs)}.png"
-        fig = partition_heatmap(np.asarray(hist), title=f"train samples per client and class\n{caption}", shift=shift)
-        fig.savefig(out / name, dpi=110)
-        figs.append((name, caption))
-    return figs
-
-
-def write_report(dirs: list[Path], out: Path | None = None) -> Path:
-    """report.md, report.csv (the table's numbers per setting and label), runs.csv (one row per run) and
-    PNGs into ``out``."""
+def load_runs(dirs: list[Path]) -> tuple[pd.DataFrame, int, str]:
+    """One row per finished run (the table's fields, setting, title, config, history, partition),
+    how many runs were unfinished, and the setting common to all."""
     run_dirs, skipped = find_runs(dirs)
-    out = out or (dirs[0] if len(dirs) == 1 else Path.cwd() / "report")
-    check_dir("report --out", str(out))
     df = load_results(run_dirs)
     configs = [read_config(d, read_results(d)) for d in run_dirs]
-    df["setting"], common = settings(configs)
+    df["setting"], df["title"], common = settings(configs)
     df["run_dir"], df["config"] = [str(d) for d in run_dirs], configs
     df["history"] = [read_history(d) for d in run_dirs]
     df["partition"] = [read_partition(d) for d in run_dirs]
-    out.mkdir(parents=True, exist_ok=True)
-    df.drop(columns=["config", "history", "partition"]).rename(columns=metric_names()).to_csv(out / "runs.csv",
-                                                                                              index=False)
+    return df, skipped, common
+
+
+def history_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, evaluated round): setting, label, run (its index) and every scalar metric."""
+    rows = [{"setting": s, "label": label, "run": i, **{k: v for k, v in r.items() if isinstance(v, (int, float))}}
+            for i, (s, label, hist) in enumerate(zip(runs["setting"], runs["label"], runs["history"]))
+            for r in hist if "acc_mean" in r]
+    return pd.DataFrame(rows)
+
+
+def training_clients(cfg: dict, num_clients: int) -> list[int]:
+    """Who metrics.jsonl's ``client_acc`` lists, in its order: every client but the held-out ones."""
+    k = cfg["data"].get("holdout_clients") or 0
+    if not k:
+        return list(range(num_clients))
+    from .federation import held_out  # the run's own seeded choice (imports torch: only when needed)
+
+    return sorted(set(range(num_clients)) - set(held_out(cfg["seed"], num_clients, k)))
+
+
+def client_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (run, client): its accuracy averaged over its last 10 evaluations and its test
+    size; and a note per run left out (evaluations of a subset of clients, or no client sizes)."""
+    rows, notes = [], []
+    for run_dir, cfg, s, label, hist, part in zip(runs["run_dir"], runs["config"], runs["setting"], runs["label"],
+                                                  runs["history"], runs["partition"]):
+        full = [r["client_acc"] for r in hist if "client_acc" in r and "eval_clients" not in r][-LAST:]
+        sizes = part and part["sizes"]
+        ids = training_clients(cfg, len(sizes["test"])) if sizes else []
+        if not full or not sizes or any(len(a) != len(ids) for a in full):
+            notes.append(f"`{run_dir}`: left out of the per-client plots ("
+                         + ("its partition.json has no client sizes" if not sizes else
+                            "its evaluations cover a subset of the clients (eval_clients)") + ")")
+            continue
+        acc = np.mean(full, axis=0)
+        data_seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg["seed"]
+        rows += [{"setting": s, "label": label, "seed": cfg["seed"], "data_seed": data_seed, "client": c,
+                  "acc": float(a), "n_test": int(sizes["test"][c])} for c, a in zip(ids, acc)]
+    return pd.DataFrame(rows, columns=["setting", "label", "seed", "data_seed", "client", "acc", "n_test"]), notes
+
+
+def paired_rows(clients: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Each client's accuracy under every other label minus under ``baseline``, paired within the
+    same setting and seeds (so the same partition and client)."""
+    keys = ["setting", "seed", "data_seed", "client"]
+    clients = clients.drop_duplicates(["label", *keys])
+    base = clients[clients["label"] == baseline][[*keys, "acc"]].rename(columns={"acc": "base_acc"})
+    pairs = clients[clients["label"] != baseline].merge(base, on=keys)
+    return pairs.assign(diff=pairs["acc"] - pairs["base_acc"])
+
+
+def default_baseline(tables: dict[str, pd.DataFrame]) -> str:
+    """fedavg when it ran, else the lowest row of the first setting's table."""
+    labels = [x for t in tables.values() for x in t.index]
+    return "fedavg" if "fedavg" in labels else next(iter(tables.values())).index[-1]
+
+
+def figures(runs: pd.DataFrame, tables: dict[str, pd.DataFrame], baseline: str) -> tuple[dict, list[str]]:
+    """Every figure of the report by file stem (None: nothing to draw) and notes on what was left out."""
+    order = {s: list(t.index) for s, t in tables.items()}
+    titles = dict(zip(runs["setting"], runs["title"]))
+    titles = {s: titles[s] for s in tables}
+    colors = plots.label_colors(list(dict.fromkeys(x for labels in order.values() for x in labels)))
+    rows = history_rows(runs)
+    align = [(k, k, 1) for k in sorted(c for c in rows if c.startswith("align/"))]
+    clients, notes = client_rows(runs)
+    figs = {"acc_vs_round": plots.curves_figure(rows, order, titles, colors),
+            "align_diagnostics": plots.curves_figure(rows, order, titles, colors, align) if align else None,
+            "client_acc": plots.clients_figure(clients, order, titles, colors),
+            "client_cdf": plots.cdf_figure(clients, order, titles, colors),
+            "client_paired": plots.paired_figure(paired_rows(clients, baseline), baseline, order, titles, colors)}
+    if figs["client_paired"] is None and len(colors) > 1:
+        notes.append(f"no paired per-client plot: no other label shares a seed and setting with the baseline "
+                     f"'{baseline}' (choose one with --baseline LABEL)")
+    return figs, notes
+
+
+def partition_figures(runs: pd.DataFrame) -> dict:
+    """One heatmap per distinct partition: stem -> (figure, caption)."""
+    seen, figs = set(), {}
+    for part, title, cfg in zip(runs["partition"], runs["title"], runs["config"]):
+        key = json.dumps([part, None]) if part is None else json.dumps([part["hist"], part["shift"]])
+        if part is None or key in seen:  # same labels, other domains: another figure
+            continue
+        seen.add(key)
+        seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg.get("seed")
+        caption = f"{title}, data seed {seed}"
+        fig = plots.partition_heatmap(np.asarray(part["hist"]), title=f"train samples per client and class\n{caption}",
+                                      shift=part["shift"], sizes=part["sizes"])
+        figs[f"partition_{len(figs)}"] = (fig, caption)
+    return figs
+
+
+def plot_curves(runs: pd.DataFrame, path: Path) -> None:
+    """Per-round curves of ``runs`` (columns label, setting, history) to ``path`` and a PDF beside
+    it; labels by their mean accuracy over the last 10 evaluations (benchmarks use this)."""
+    rows = history_rows(runs)
+    order = {s: list(g.groupby("label")["acc_mean"].apply(lambda a: a.tail(LAST).mean()).sort_values(ascending=False)
+                     .index) for s, g in rows.groupby("setting", sort=False)}
+    fig = plots.curves_figure(rows, order, {s: s for s in order}, plots.label_colors(sorted(set(rows["label"]))))
+    _save(fig, Path(path).parent, Path(path).stem)
+
+
+def _save(fig, out: Path, stem: str) -> str:
+    """``stem``.png and ``stem``.pdf; the layout computed for the PNG serves the PDF (same inches)."""
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    fig.set_layout_engine("none")
+    fig.savefig(out / f"{stem}.pdf")
+    plots.pyplot().close(fig)
+    return f"{stem}.png"
+
+
+def write_report(dirs: list[Path], out: Path | None = None, baseline: str | None = None) -> Path:
+    """report.md, report.csv (the table's numbers per setting and label), runs.csv (one row per run)
+    and figures (PNG and PDF) into ``out``. ``baseline``: the label the paired per-client plot
+    compares against (default: :func:`default_baseline`)."""
+    df, skipped, common = load_runs(dirs)
+    out = out or (dirs[0] if len(dirs) == 1 else Path.cwd() / "report")
+    check_dir("report --out", str(out))
     tables = {s: summary_table(g) for s, g in df.groupby("setting", sort=False)}
+    labels = list(dict.fromkeys(x for t in tables.values() for x in t.index))
+    if baseline is not None and baseline not in labels:
+        raise InputError(f"report --baseline {baseline}: no run is labelled {baseline} (labels: {', '.join(labels)})")
+    baseline = baseline or default_baseline(tables)
+    last10 = dict(zip(map(Path, df["run_dir"]), df[COLUMNS["acc_mean_last10"]]))
+    sweeps = [(info, sweep_table(info, last10), sensitivity_figure(info)) for info in map(read_sweep, find_sweeps(dirs))]
+    figs, notes = figures(df, tables, baseline)
+    partitions = partition_figures(df)
+    out.mkdir(parents=True, exist_ok=True)
+    df.drop(columns=["config", "history", "partition", "title"]).rename(columns=metric_names()).to_csv(
+        out / "runs.csv", index=False)
     table = pd.concat(tables, names=["setting", "label"]).reset_index()
     table.to_csv(out / "report.csv", index=False)
-    plt = _pyplot()
-    plot_curves(df, out / "acc_vs_round.png")
-    plot_clients(df, out / "client_acc.png")
-    partitions = plot_partitions(df, out)
-    plt.close("all")
     lines = ["# pflalign report", "",
-             f"{len(run_dirs)} runs from {', '.join(f'`{d}`' for d in dirs)}"
+             f"{len(df)} runs from {', '.join(f'`{d}`' for d in dirs)}"
              + (f" ({skipped} unfinished or stopped early, without results.json, left out)" if skipped else "")
              + ".", "", f"Common setting: {common or '-'}.", "", NOTE, ""]
+    for i, (info, sweep, fig) in enumerate(sweeps):
+        lines += sweep_markdown(info, sweep, _save(fig, out, f"sweep_{i}"))
+    titles = dict(zip(df["setting"], df["title"]))
     for setting, t in tables.items():
-        lines += [f"## {setting}" if setting != "all runs" else "## Results", "", markdown(t), ""]
-    lines += ["## Plots", "", "![accuracy vs round](acc_vs_round.png)", "",
-              "![per-client accuracy](client_acc.png)", ""]
-    lines += [f"![partition: {caption}]({name})\n" for name, caption in partitions]
+        heading = f"## {setting}" if setting != "all runs" else "## Results"
+        lines += [heading + (" (test split: not used for the sweep's selection)" if sweeps else ""), "",
+                  f"Setting: {titles[setting]}.", "", markdown(t), ""]
+    captions = {"acc_vs_round": "accuracy, loss and new-client accuracy vs round",
+                "align_diagnostics": "pFLAlign's alignment diagnostics (align/*) vs round",
+                "client_acc": f"per-client accuracy (mean of each client's last {LAST} evaluations; marker area: "
+                              "its test samples)",
+                "client_cdf": "CDF of per-client accuracy",
+                "client_paired": f"per-client difference to the baseline '{baseline}' (same seed, same clients)"}
+    lines += ["## Plots", "", "Each figure is also a PDF beside its PNG.", ""]
+    lines += [f"![{captions[stem]}]({_save(fig, out, stem)})\n" for stem, fig in figs.items() if fig is not None]
+    lines += [f"![partition: {caption}]({_save(fig, out, stem)})\n" for stem, (fig, caption) in partitions.items()]
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return out

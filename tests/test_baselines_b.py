@@ -11,6 +11,7 @@ from torch import nn
 
 from conftest import read_jsonl, run_cli
 from pflalign.algorithms.base import Turn, Upload, flatten
+from pflalign.algorithms.fedala import FedALA, FedALAHparams
 from pflalign.algorithms.fedamp import FedAMP, FedAMPHparams, attention_weights
 from pflalign.algorithms.fedas import FedAS, FedASHparams
 from pflalign.algorithms.fedcac import FedCAC, FedCACHparams, critical_mask, customized, overlaps
@@ -77,15 +78,74 @@ def test_fedala_learns_weights_in_unit_interval_on_top_layers(tiny):
     payload, state = algo.payload(fed.global_params, fed.server_state), fed.client_states[0]
     before = copy.deepcopy(state)
     turn = worker._turn(0, 2, payload, state, purpose=0)
-    start, W, _ = algo.ala(worker.module, turn, state["W"], start_phase=False)
+    start, W, _ = algo.ala(worker.module, turn)
     g, local = payload["global"], state["theta"]
     for k in g:
         expected = local[k] + (g[k] - local[k]) * W[k] if k.startswith("head.") else g[k]
         assert torch.allclose(start[k], expected), k
-    # evaluation runs ALA on a copy: the client's weights and model stay as they were
+    # evaluation leaves the client's weights, model and slice as they were
     worker.evaluate(0, 2, payload, state)
     assert all(torch.equal(before["W"][k], state["W"][k]) for k in W)
     assert all(torch.equal(before["theta"][k], state["theta"][k]) for k in local)
+    assert before["ala_first"] == state["ala_first"]
+
+
+def test_fedala_weight_learning_keeps_the_last_partial_batch():
+    """PFLlib's ALA loader has drop_last=False: a 10-sample slice in batches of 4 is 4 + 4 + 2."""
+    algo = FedALA(FedALAHparams(rand_percent=85))  # int(0.85 * 12) = 10 samples
+    module = module_for(algo)
+    data = toy_data(n=12)
+    w = module.params()
+    state = {"theta": {k: v + 0.1 for k, v in w.items()}, "ala_first": 2, "ala_started": True}
+    turn = turn_for(module, state=state, payload={"global": w}, data=data)
+    seen = []
+    hook = module.model.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].clone()))
+    try:
+        _, _, losses = algo.ala(module, turn)
+    finally:
+        hook.remove()
+    assert [len(x) for x in seen] == [4, 4, 2] and len(losses) == 1  # one epoch once ALA has started
+    assert torch.equal(torch.cat(seen), data.train_x[2:12])  # the contiguous slice from ala_first
+
+
+def test_fedala_evaluates_the_model_the_client_trains_from_next(tiny, monkeypatch):
+    calls = []  # (client, round, start model) of every ALA
+    ala = FedALA.ala
+
+    def counted(self, module, turn):
+        out = ala(self, module, turn)
+        calls.append((turn.client_id, turn.round, out[0]))
+        return out
+
+    monkeypatch.setattr(FedALA, "ala", counted)
+    fed = federation(tiny, "algorithm=fedala", "client_fraction=0.5")
+    fed.step(0)
+    trained = set(fed.sample(0))
+    assert len(calls) == len(trained)  # evaluation only: clients without a local model have no ALA
+    evaluated = {c: start for c, _, start in calls}
+    for rnd in (1, 2):
+        calls.clear()
+        fed.step(rnd)
+        returning = [c for c in fed.sample(rnd) if c in trained]  # sampled clients with a local model
+        training, evaluation = calls[:len(returning)], calls[len(returning):]
+        # training: one ALA per returning client, giving exactly the model it was evaluated by
+        assert [c for c, r, _ in training] == returning and all(r == rnd for _, r, _ in training)
+        for c, _, start in training:
+            assert all(torch.equal(start[k], evaluated[c][k]) for k in start)
+        trained |= set(fed.sample(rnd))
+        # evaluation: one ALA per client with a local model, on the new global model
+        assert sorted(c for c, _, _ in evaluation) == sorted(trained)
+        evaluated = {c: start for c, _, start in evaluation}
+
+
+def test_fedala_training_does_not_depend_on_evaluation(tiny):
+    """Evaluation reads the client state and draws nothing from it: the same global model after
+    three rounds whether every round is evaluated or only the last."""
+    runs = [federation(tiny, "algorithm=fedala", "client_fraction=0.5", f"eval_every={k}") for k in (1, 3)]
+    for fed in runs:
+        for rnd in range(3):
+            fed.step(rnd)
+    assert all(torch.equal(runs[0].global_params[k], runs[1].global_params[k]) for k in runs[0].global_params)
 
 
 # ---- pFedMe ----------------------------------------------------------------------------

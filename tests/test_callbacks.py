@@ -1,8 +1,14 @@
 """Round observers: W&B offline files, progress lines in non-interactive logs."""
+import contextlib
 import io
+import json
+import struct
+from pathlib import Path
+
+import pytest
 
 from callbacks import ProgressBar
-from conftest import run_cli
+from conftest import read_jsonl, run_cli
 
 
 def test_wandb_offline_writes_a_run(tiny, tmp_path, monkeypatch):
@@ -65,3 +71,76 @@ def test_wandb_auto_with_a_key_but_no_server_goes_offline_at_once(tiny, tmp_path
     run_dir = run_cli(tiny + ["wandb.mode=auto"])
     assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     assert "mode: offline" in (run_dir / "config.yaml").read_text()  # a resume logs the same way
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline W&B run file (wandb's log format: a 7-byte header, then
+    32 KiB blocks of records, each with a 7-byte header: crc32, length, FULL/FIRST/MIDDLE/LAST)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, chunks, out = Path(path).read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer too short for a header: padding
+            pos += 32768 - pos % 32768
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunks, pos = chunks + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = pb.Record()
+            record.ParseFromString(chunks)
+            out.append(record)
+            chunks = b""
+    return out
+
+
+def test_wandb_run_of_a_compare_group_job_type_tables_files_and_summary(tiny, tmp_path, monkeypatch):
+    from pflalign.cli import main
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("mine: {algorithm: local}\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["compare", "--variants", str(variants), "--seeds", "0", *tiny, "wandb.mode=offline"]) == 0
+    compare_dir = Path(out.getvalue().strip().splitlines()[-1])
+    (run_dir,) = [p for p in compare_dir.iterdir() if p.is_dir()]
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    records = wandb_records(next(offline.glob("run-*.wandb")))
+    (run,) = [r.run for r in records if r.HasField("run")]
+    assert run.run_group == compare_dir.name and run.job_type == "mine"  # this comparison's group, the label
+
+    files = {f.path: f.policy for r in records if r.HasField("files") for f in r.files.files}
+    for name in ("config.yaml", "partition.json", "metrics.jsonl", "results.json"):
+        assert files[name] == pb.FilesItem.PolicyType.END
+        assert (offline / "files" / name).read_bytes() == (run_dir / name).read_bytes()
+
+    results = json.loads((run_dir / "results.json").read_text())
+    summary = {u.key: json.loads(u.value_json) for r in records if r.HasField("summary") for u in r.summary.update}
+    assert summary["wall_time_s"] == results["wall_time_s"] and summary["command"] == results["command"]
+    assert summary["git_commit"] == (results["git"] or {}).get("commit")
+    assert summary["final/acc_worst"] == results["final"]["acc_worst"]
+
+    sizes = json.loads((run_dir / "partition.json").read_text())["sizes"]["test"]
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "client_acc" in r]
+    tables = sorted((offline / "files" / "media" / "table").glob("clients_*.table.json"),
+                    key=lambda p: int(p.name.split("_")[1]))
+    assert len(tables) == len(rows)
+    for row, path in zip(rows, tables):  # per evaluation: client, its accuracy, its test size
+        table = json.loads(path.read_text())
+        assert table["columns"] == ["client", "accuracy", "test size"]
+        assert table["data"] == [[c, a, sizes[c]] for c, a in enumerate(row["client_acc"])]
+
+
+@pytest.mark.parametrize("out_dir, experiment, group", [
+    ("runs/compare-20261124-031502", "default", "compare-20261124-031502"),
+    ("runs/compare-20261124-031502-1", "default", "compare-20261124-031502-1"),  # same second, other comparison
+    ("runs", "ablation", "ablation"),
+    ("runs/compare-notes", "ablation", "ablation"),
+])
+def test_wandb_group_is_the_comparison_or_the_experiment(out_dir, experiment, group):
+    from callbacks.wandb import wandb_group
+
+    assert wandb_group(experiment, out_dir) == group

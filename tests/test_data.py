@@ -48,7 +48,7 @@ def total_hist(fd):
 
 def test_registry_names():
     assert set(DATASETS) == {"mnist1d", "digits", "synthetic", "fmnist", "mnist", "cifar10",
-                             "cifar100", "shakespeare"}
+                             "cifar100", "shakespeare", "hf", "imagefolder", "leaf"}
     assert PARTITIONS == ("iid", "dirichlet", "pathological", "quantity_skew", "natural")
 
 

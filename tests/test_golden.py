@@ -2,7 +2,10 @@
 the client-state store and the per-turn work) gave on this config, plus the communication keys
 (comm_*) and participation keys (clients_completed, local_steps) added since (every other byte
 checked unchanged when each was added): refactors of the
-engine must not move a single number. Regenerate only for a deliberate change of results, and say why."""
+engine must not move a single number. Regenerate only for a deliberate change of results, and say why.
+fedala.jsonl was regenerated when FedALA's weight learning started keeping the last partial
+batch of its slice and evaluation started using the model the client trains from next (the
+slice offset kept in the client state), both as in PFLlib."""
 from pathlib import Path
 
 import pytest

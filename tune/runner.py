@@ -50,7 +50,8 @@ def _tuner(sweep: Sweep, sweep_dir: Path, resume: bool):
     env = {k: os.environ[k] for k in WANDB_ENV if k in os.environ}
     env["WANDB_MODE"] = resolve_mode(sweep.cfg.wandb.mode)  # decided once, here
     env.setdefault("WANDB_SILENT", "true")  # a run summary per trial would drown Tune's status
-    fn = tune.with_parameters(run_trial, base=sweep.base, sweep_dir=str(sweep_dir), experiment=sweep.name,
+    # experiment (the trials' W&B group): the sweep directory's name, so each sweep is its own group
+    fn = tune.with_parameters(run_trial, base=sweep.base, sweep_dir=str(sweep_dir), experiment=sweep_dir.name,
                               env=env, umask=umask(), fault_round=sweep.fault_round)
     trainable = tune.with_resources(fn, {"cpu": sweep.resources["cpus"], "gpu": sweep.resources["gpus"]})
     if resume:

@@ -7,7 +7,7 @@ and compete with the other trials for the same CPUs.
 
 A trial is an ordinary run directory, ``<sweep dir>/trials/<trial id>/`` (``pflalign report``
 and ``pflalign run --resume`` work on it), logged to W&B as run ``<trial id>`` in group
-``<sweep name>`` when W&B is on.
+``<sweep directory name>`` (its ``experiment``; unique per sweep) when W&B is on.
 """
 from __future__ import annotations
 

@@ -23,8 +23,10 @@ from .fedala import FedALA
 from .fedamp import FedAMP
 from .fedas import FedAS
 from .fedcac import FedCAC
+from .fedcp import FedCP
 from .feddbe import FedDBE
 from .fedrod import FedRoD
+from .gpfl import GPFL
 from .perfedavg import PerFedAvg
 from .pfedme import PFedMe
 
@@ -42,7 +44,8 @@ def _check(obj, where: str) -> type[Algorithm]:
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", "pflalign.algorithms", {
     cls.name: cls for cls in (Local, FedAvg, FedAvgFT, FedProx, PFLAlign,
                               Scaffold, Ditto, APFL, FedPer, FedRep, FedBABU, LGFedAvg,
-                              FedALA, PFedMe, PerFedAvg, FedRoD, FedAMP, FedCAC, FedDBE, FedAS)
+                              FedALA, PFedMe, PerFedAvg, FedRoD, FedAMP, FedCAC, FedDBE, FedAS,
+                              FedCP, GPFL)
 }, _check, "package.module:Class")
 
 

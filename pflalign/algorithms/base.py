@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 Params = dict[str, torch.Tensor]  # parameter name -> tensor, in ``named_parameters()`` order
 
@@ -160,6 +161,12 @@ class Algorithm:
     def __init__(self, hp: Any = None):
         self.hp = hp if hp is not None else self.Hparams()
 
+    @property
+    def needs_parts(self) -> dict[str, str]:
+        """Model parts (``body``, ``head``) this method cannot do without parameters in, each with
+        what it does with them; checked before a run starts (logreg's body has none)."""
+        return {}
+
     # ---- server side -------------------------------------------------------------------
     def init_server_state(self, global_params: Params, client_weights: list[float]) -> dict:
         """Server state before round 1; ``client_weights`` are all N clients' train sizes."""
@@ -190,6 +197,27 @@ class Algorithm:
         return {k: sum(s[k] for s in stats if k in s) / sum(k in s for s in stats) for k in keys}
 
     # ---- client side -------------------------------------------------------------------
+    def extra_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Modules of the algorithm's own beside the model (FedCP's policy network, GPFL's
+        conditional valve and category embedding), for a prediction that is more than
+        ``model(x)`` (see :meth:`personalized_forward`).
+
+        Built once per worker on the client module (so they move with it to the accelerator);
+        their parameters are named ``<name>.<param>`` and take part in the module's Params like
+        the model's: ``module.params()`` returns them, ``module.load_params`` loads the ones a
+        dict carries, and a phase with ``params="all"`` (or ``"<name>"``) trains them. Their
+        values live where the algorithm keeps them (payload, server or client state), as
+        tensors. Names must differ from the model's parts (``body``, ``head``).
+        """
+        return {}
+
+    def personalized_forward(self, module, turn: Turn, x: torch.Tensor) -> torch.Tensor:
+        """The logits of this client's model for ``x``, its ``personalized_params`` loaded: what
+        evaluation (and a newcomer's evaluation) calls. Methods whose prediction conditions the
+        model per sample on the client (FedCP, GPFL) compute it here from their extra modules
+        and ``turn.state``; their ``loss`` uses the same computation. Default: the model."""
+        return module.model(x)
+
     def local_phases(self, turn: Turn) -> list[Phase]:
         return [Phase()]
 

@@ -58,6 +58,10 @@ class FedAS(Algorithm):
     Hparams = FedASHparams
     evaluates_global = True
 
+    @property
+    def needs_parts(self) -> dict[str, str]:
+        return {"body": "parameter alignment fits it; algo.align_epochs=0 turns that off"} if self.hp.align_epochs else {}
+
     # ---- client side -------------------------------------------------------------------
     def client_begin(self, module, turn: Turn) -> None:
         w, theta = turn.payload["global"], turn.state.get("theta")

@@ -30,6 +30,7 @@ class FedBABU(Algorithm):
     name = "fedbabu"
     Hparams = FedBABUHparams
     evaluates_global = True
+    needs_parts = {"body": "it is all that federated training trains"}
 
     def local_phases(self, turn: Turn) -> list[Phase]:
         return [Phase("body", params="body")]

@@ -37,6 +37,10 @@ class FedPer(Algorithm):
     evaluates_global = False  # the global head is never trained: there is no global model to report
     shared, local = "body", "head"
 
+    @property
+    def needs_parts(self) -> dict[str, str]:
+        return {self.shared: "the server averages it", self.local: "each client keeps its own"}
+
     def _model(self, turn: Turn) -> Params:
         """Global shared part + this client's own local part (the global init before its first turn)."""
         return {**turn.payload["global"], **turn.state.get(self.local, {})}

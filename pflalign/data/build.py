@@ -7,7 +7,9 @@ written atomically so parallel runs can share it, is ``<key>.npz`` (labels and e
 indices) and ``<key>.x.npy`` (x in client order). Every process that needs the data (the run,
 each Ray worker) memory-maps that x: the clients' tensors are slices of it, its pages are
 shared, and no worker gets a pickled copy. File datasets are still re-read to check that the
-files are the ones the cache indexed.
+files are the ones the cache indexed, except those whose spec has a ``stamp`` (``hf``,
+``imagefolder``, ``leaf``): the stamp (every file's path, size and mtime under ``data.root``) is
+part of the key, so a cached entry matches the files it was built from without reading them.
 """
 from __future__ import annotations
 
@@ -38,7 +40,10 @@ _NOT_HASHED = ("cache_dir", "download", "seed",
 # Fields that only some datasets read: hashed for those alone, so adding them kept the cache
 # keys (and caches) of every other dataset unchanged.
 _ONLY_FOR = {f: ("shakespeare",) for f in ("seq_len", "stride", "min_chars", "client_samples")}
-FILE_DATASETS = ("fmnist", "mnist", "cifar10", "cifar100")
+_ONLY_FOR.update({"feature_column": ("hf",), "label_column": ("hf",), "client_column": ("hf",),
+                  "image_size": ("hf", "imagefolder"), "image_mode": ("hf", "imagefolder"),
+                  "leaf_task": ("leaf",)})
+FILE_DATASETS = ("fmnist", "mnist", "cifar10", "cifar100", "hf", "imagefolder", "leaf")
 _ONLY_FOR["max_samples"] = FILE_DATASETS
 _PARTITION_STREAM, _SPLIT_STREAM = 1, 2
 
@@ -56,8 +61,12 @@ def cache_key(cfg: DataConfig, seed: int) -> str:
     rebuilds the data. Editing another module the loader imports, or the files it reads, does
     not (a loader with ``generated=False`` is re-run and its labels compared on every load);
     after such a change, delete ``data.cache_dir`` or bump the package version.
+
+    A dataset whose spec has a ``stamp`` adds it: the identity of the files it reads, so editing,
+    adding or removing a file under ``data.root`` (its size or mtime changes) rebuilds the data.
     """
     plugin = not DATASETS.is_builtin(cfg.dataset)
+    spec = get_dataset(cfg.dataset)
     fields = {}
     for f in dataclasses.fields(DataConfig):
         if f.name in _NOT_HASHED or not plugin and cfg.dataset not in _ONLY_FOR.get(f.name, (cfg.dataset,)):
@@ -68,8 +77,9 @@ def cache_key(cfg: DataConfig, seed: int) -> str:
         if f.name == "root" and v is not None:
             v = str(Path(v).expanduser().resolve())
         fields[f.name] = v
+    if spec.stamp is not None:
+        fields["files"] = spec.stamp(cfg)
     if plugin:
-        spec = get_dataset(cfg.dataset)
         fields["plugin"] = {**fingerprint(spec.load), "num_classes": spec.num_classes,
                             "generated": spec.generated, "natural": spec.natural}
     fields.update(shift.key_fields(cfg))
@@ -113,16 +123,20 @@ def _check_request(cfg: DataConfig, spec) -> None:
         raise DataError(f"data.partition=natural needs a dataset with its own clients "
                         f"({', '.join(n for n, d in DATASETS.items() if d.natural)}); "
                         f"{cfg.dataset} has none")
-    if cfg.partition == "pathological" and cfg.classes_per_client > spec.num_classes:
+    if cfg.partition == "pathological" and spec.num_classes is not None and cfg.classes_per_client > spec.num_classes:
         raise DataError(f"data.classes_per_client={cfg.classes_per_client} exceeds the "
                         f"{spec.num_classes} classes of dataset {cfg.dataset}")
     if cfg.max_samples is not None and cfg.dataset not in FILE_DATASETS:
         raise DataError(f"data.max_samples subsamples file datasets ({', '.join(FILE_DATASETS)}); "
                         f"{cfg.dataset} takes data.num_samples or its own options")
+    if cfg.max_samples is not None and cfg.partition == "natural":
+        raise DataError("data.max_samples does not apply to data.partition=natural (the clients are the "
+                        "dataset's own; lower data.num_clients instead)")
     if cfg.dataset == "synthetic" and cfg.num_clients * cfg.min_samples > cfg.num_samples:
         raise DataError(f"data.num_clients*data.min_samples = {cfg.num_clients}*"
                         f"{cfg.min_samples} exceeds data.num_samples={cfg.num_samples}")
-    shift.check(cfg, spec.input_shape)
+    if spec.input_shape is not None:  # else checked once the files are read
+        shift.check(cfg, spec.input_shape)
 
 
 def _check_raw(cfg: DataConfig, raw: RawDataset) -> None:
@@ -188,6 +202,8 @@ def _save(path: Path, raw: RawDataset, splits, cfg: DataConfig, seed: int) -> No
     indices), whose presence marks a complete cache entry."""
     arrays = {"y": raw.y, "num_classes": np.int64(raw.num_classes),
               "input_shape": np.asarray(raw.input_shape, dtype=np.int64)}
+    if raw.client_names is not None:  # for partition.json when a cache hit does not re-read the files
+        arrays["client_names"] = np.asarray(raw.client_names, dtype=str)
     for s in SPLITS:
         parts = [c[s].astype(np.int64) for c in splits]
         arrays[f"{s}_idx"] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -211,6 +227,7 @@ def _load(path: Path, cfg: DataConfig, seed: int, spec):
         with np.load(path, allow_pickle=False) as z:
             y = z["y"]
             meta = int(z["num_classes"]), tuple(int(d) for d in z["input_shape"])
+            names = z["client_names"].tolist() if "client_names" in z.files else None
             splits = [{} for _ in range(len(z["train_off"]) - 1)]
             for s in SPLITS:
                 idx, off = z[f"{s}_idx"], z[f"{s}_off"]
@@ -223,8 +240,8 @@ def _load(path: Path, cfg: DataConfig, seed: int, spec):
     if x.shape != (sum(len(c[s]) for c in splits for s in SPLITS), *meta[1]):
         log.warning("data cache %s does not match its x file; rebuilding", path)
         return None
-    if spec.generated:
-        raw = RawDataset(None, y, *meta)
+    if spec.generated or spec.stamp is not None:
+        raw = RawDataset(None, y, *meta, client_names=names)
     else:  # file dataset: re-read the files, check they are the ones indexed
         raw = spec(cfg, seed)
         if not np.array_equal(raw.y, y):

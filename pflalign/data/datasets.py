@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..plugins import Registry, what
-from . import files, shakespeare, synthetic
+from . import files, formats, hf, imagefolder, leaf, shakespeare, synthetic
 
 FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 
@@ -36,11 +36,14 @@ class RawDataset:
 @dataclass(frozen=True)
 class DatasetSpec:
     load: Callable[..., RawDataset]
-    num_classes: int
-    input_shape: tuple[int, ...]
+    num_classes: Optional[int]  # None: known only from the files (checked once they are loaded)
+    input_shape: Optional[tuple[int, ...]]  # None: likewise
     description: str
     natural: bool = False   # has its own clients (partition=natural)
     generated: bool = False  # procedural: the cache keeps x itself, files are re-read instead
+    # stamp(cfg) -> str: the identity of the files read (paths, sizes, mtimes), hashed into the
+    # cache key; a cached entry then matches the files by construction and is not re-read.
+    stamp: Optional[Callable[..., str]] = None
 
     def __call__(self, cfg, seed: int) -> RawDataset:
         return self.load(cfg, seed)
@@ -85,6 +88,20 @@ def _shakespeare(cfg, seed: int) -> RawDataset:
     return RawDataset(x, y, shakespeare.VOCAB_SIZE, (int(cfg.seq_len),), clients, names)
 
 
+def _from_files(name: str, reader) -> Callable[..., RawDataset]:
+    """A loader over a reader of users' own files (:mod:`pflalign.data.formats`)."""
+    def load(cfg, seed: int) -> RawDataset:
+        return RawDataset(*reader(cfg))
+    load.__name__ = f"_{name}"
+    return load
+
+
+def _own_files(name: str, reader, description: str, natural: bool) -> DatasetSpec:
+    """Class count and shape come from the files; the files' stamp keys the cache."""
+    return DatasetSpec(_from_files(name, reader), None, None, description, natural=natural,
+                       stamp=functools.partial(formats.stamp, name=name))
+
+
 def _root(cfg, name: str, default: Optional[str] = None) -> Path:
     root = cfg.root if cfg.root is not None else default
     if root is None:
@@ -123,10 +140,11 @@ def _checked(spec: DatasetSpec, where: str) -> Callable[..., RawDataset]:
         raw = spec.load(cfg, seed)
         if not isinstance(raw, RawDataset):
             raise DataError(f"{where}: the loader returned {what(raw)}, not a pflalign.data.RawDataset")
-        if raw.num_classes != spec.num_classes or raw.x.shape[1:] != tuple(raw.input_shape):
+        declared = raw.num_classes if spec.num_classes is None else spec.num_classes
+        if raw.num_classes != declared or raw.x.shape[1:] != tuple(raw.input_shape):
             raise DataError(f"{where}: the loader returned x of shape {raw.x.shape}, input_shape "
                             f"{tuple(raw.input_shape)} and {raw.num_classes} classes; they must agree, "
-                            f"and its DatasetSpec declares {spec.num_classes} classes")
+                            f"and its DatasetSpec declares {declared} classes")
         if raw.x.dtype not in (np.float32, np.int64) or raw.y.dtype != np.int64:
             raise DataError(f"{where}: the loader returned x of {raw.x.dtype} and y of {raw.y.dtype}; "
                             f"x must be float32 (int64 for token ids), y int64")
@@ -161,6 +179,13 @@ DATASETS: Registry[DatasetSpec] = Registry("data.dataset", "pflalign.datasets", 
                            "CIFAR-10 python batches (data.root)"),
     "cifar100": DatasetSpec(_cifar_loader("cifar100", 100), 100, (3, 32, 32),
                             "CIFAR-100 python batches (data.root)"),
+    "hf": _own_files("hf", hf.load, "Hugging Face dataset on disk: a save_to_disk directory or parquet "
+                     "files (data.root; data.feature_column, data.label_column, data.client_column for "
+                     "partition=natural, data.image_size, data.image_mode)", natural=True),
+    "imagefolder": _own_files("imagefolder", imagefolder.load, "images in one subdirectory per class "
+                              "(data.root; data.image_size, data.image_mode)", natural=False),
+    "leaf": _own_files("leaf", leaf.load, "LEAF JSON files (data.root/train, test): FEMNIST, Shakespeare, "
+                       "Sent140, Synthetic; one client per user (data.leaf_task)", natural=True),
 }, _check, "package.module:spec", unknown=DataError)
 
 

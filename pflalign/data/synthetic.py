@@ -4,10 +4,16 @@ Heterogeneous Networks"), regenerated from a seed instead of shipped as JSON.
 Client k: u_k ~ N(0, alpha), W_k ~ N(u_k, 1) [60x10], b_k ~ N(u_k, 1) [10];
 B_k ~ N(0, beta), v_k ~ N(B_k, 1) [60]; x ~ N(v_k, Sigma) with Sigma = diag(j^-1.2);
 y = argmax softmax(W_k^T x + b_k). alpha controls how different the clients' models are, beta
-how different their inputs are. As in the reference code, alpha and beta are standard
-deviations (``np.random.normal(0, alpha)``). Client sizes are log-normal (FedProx uses
-lognormal(4, 2) + 50); here they are scaled so that the total is ``num_samples`` with
-``min_samples`` per client floor, and their spread is ``data.quantity_sigma``.
+how different their inputs are. Checked against the reference code (github.com/litian96/FedProx,
+data/synthetic_1_1/generate_synthetic.py): alpha and beta are standard deviations there too
+(``np.random.normal(0, alpha)``), each client is one generator (``partition=natural``), and
+apart from the order of the random draws one thing differs, the client sizes. The paper calls
+them power-law; the code draws int(lognormal(4, 2)) + 50 and keeps whatever total that gives.
+Here each client gets ``min_samples`` plus a share of the rest proportional to a
+lognormal(0, ``quantity_sigma``) draw, so the total is ``num_samples``: with
+``quantity_sigma=2, min_samples=50`` (the preset ``fedprox_synthetic``) the same shape above the
+floor, the total set instead of drawn. The reference splits each client 90/10 into train/test
+(``data.test_fraction=0.1``).
 """
 from __future__ import annotations
 

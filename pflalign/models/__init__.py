@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..plugins import Registry, what
-from .nets import SplitModel, charlstm, cnn, cnn1d, mlp, resnet18
+from .nets import SplitModel, charlstm, cnn, cnn1d, logreg, mlp, resnet18
 
 Factory = Callable[..., SplitModel]
 
@@ -30,7 +30,7 @@ def _check(obj, where: str) -> Factory:
 
 
 MODELS: Registry[Factory] = Registry("model.name", "pflalign.models", {
-    "mlp": mlp, "cnn1d": cnn1d, "cnn": cnn, "resnet18": resnet18, "charlstm": charlstm,
+    "mlp": mlp, "cnn1d": cnn1d, "cnn": cnn, "resnet18": resnet18, "charlstm": charlstm, "logreg": logreg,
 }, _check, "package.module:factory")
 
 
@@ -48,9 +48,19 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> SplitMod
     return model
 
 
+def check_parts(model: SplitModel, needs: dict[str, str], model_name: str, algorithm: str) -> None:
+    """Refuse a model with no parameters in a part the algorithm shares, keeps or trains on its
+    own (``Algorithm.needs_parts``; logreg's body is a bare flatten): the method would otherwise
+    quietly become another one, or fail rounds later on an empty parameter list."""
+    for part, why in needs.items():
+        if next(getattr(model, part).parameters(), None) is None:
+            raise ConfigError(f"algorithm={algorithm} needs parameters in the model's {part} ({why}), and "
+                              f"model.name={model_name} has none there: use a model with a {part} (e.g. mlp)")
+
+
 def model_bytes(cfg, input_shape: tuple[int, ...], num_classes: int) -> int:
     """Bytes of one copy of the model's parameters (what sizes client states and uploads)."""
     return sum(p.numel() * p.element_size() for p in build_model(cfg, input_shape, num_classes).parameters())
 
 
-__all__ = ["MODELS", "SplitModel", "build_model", "get_model", "model_bytes", "nn"]
+__all__ = ["MODELS", "SplitModel", "build_model", "check_parts", "get_model", "model_bytes", "nn"]

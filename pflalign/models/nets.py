@@ -25,6 +25,13 @@ def _out_features(body: nn.Module, input_shape: tuple[int, ...]) -> int:
         return body(torch.zeros(1, *input_shape)).shape[1]
 
 
+def logreg(cfg, input_shape, num_classes):
+    """Multinomial logistic regression (FedProx's ``mclr``): one linear layer on the flattened
+    input. The head is that layer; the body only flattens and has no parameters, so methods
+    that share, keep or train the body refuse this model (``Algorithm.needs_parts``)."""
+    return SplitModel(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
 def mlp(cfg, input_shape, num_classes):
     """Fully connected net: body = hidden layers, head = the last linear layer."""
     if not cfg.hidden:
