@@ -61,7 +61,8 @@ SETTINGS = {
 }
 COMMON = ["rounds=40", "eval_every=2", "stability_window=10", "data.val_fraction=0.2", "checkpoint_every=0",
           "progress=false", "wandb.mode=disabled"]
-# ALGORITHM.md's control (isolates the preconditioner from plain persistence), tuned like a method.
+# ALGORITHM.md's control (isolates the preconditioner from plain persistence), tuned like a method
+# in its own space.
 CONTROLS = {"fedavg_ft_pm": ("fedavg_ft", ["algo.persistent_momentum=true"])}
 TUNED = ["pflalign", "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod",
          "fedas", "fedcac", "fedbabu", "fedcp", "gpfl"]
@@ -251,8 +252,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default: all)")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--trials", type=int, default=6, help="sweep trials per tuned method (0: no tuning)")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--trials", type=int, default=16, help="sweep trials per tuned method (0: no tuning)")
     ap.add_argument("--tune-rounds", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=2, help="runs (and trials) in parallel")
     ap.add_argument("--runs", type=Path, default=ROOT / "benchmarks/results/runs/accuracy")
