@@ -6,11 +6,15 @@
    packaged sweep's space (``pflalign/configs/sweeps/<method>.yaml``) when there is one, else
    every hyperparameter the algorithm declares a sweep range for; ``train.lr`` always, over the
    setting's range.
-   ALGORITHM.md's control (FedAvg+FT with persistent momentum, ``fedavg_ft_pm``) is tuned too.
+   ALGORITHM.md's control (FedAvg+FT with persistent momentum, ``fedavg_ft_pm``) is tuned too, in
+   its own space, and so are pFLAlign's two PAC-Bayes variants (``VARIANTS``), in pFLAlign's.
 2. Test. Every algorithm (tuned ones with their best trial's values, the others with their
-   defaults), the control, and pFLAlign's ablation (its tuned config with mechanism 1 / 2 /
-   both off, and gate A) on each seed, ``rounds`` rounds, on the same partitions and sampling
-   stream per seed.
+   defaults), the control, the variants and pFLAlign's ablation (its tuned config with
+   mechanism 1 / 2 / both off, and gate A) on each seed, ``rounds`` rounds, on the same
+   partitions and sampling stream per seed.
+3. Statistics (``accuracy_stats.py``): pFLAlign paired by seed against every tuned method per
+   setting, win/tie/loss across settings, mean ranks with their spread, and each variant
+   against the default.
 
     python benchmarks/accuracy.py                          # all settings (hours on 2 CPU cores)
     python benchmarks/accuracy.py --settings synthetic --seeds 0,1,2 --jobs 2
@@ -31,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from accuracy_stats import statistics_section
 from gradvar import collect as collect_gradvar
 from gradvar import summarize as summarize_gradvar
 from pflalign.algorithms import ALGORITHMS
@@ -64,7 +69,10 @@ COMMON = ["rounds=40", "eval_every=2", "stability_window=10", "data.val_fraction
 # ALGORITHM.md's control (isolates the preconditioner from plain persistence), tuned like a method
 # in its own space.
 CONTROLS = {"fedavg_ft_pm": ("fedavg_ft", ["algo.persistent_momentum=true"])}
-TUNED = ["pflalign", "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod",
+# pFLAlign's PAC-Bayes variants (options, not the default), tuned with pFLAlign's space and budget.
+VARIANTS = {"pflalign_tensor_gates": ("pflalign", ["algo.gate_shape=tensor"]),
+            "pflalign_client_kappa": ("pflalign", ["algo.kappa_mode=client"])}
+TUNED = ["pflalign", *VARIANTS, "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod",
          "fedas", "fedcac", "fedbabu", "fedcp", "gpfl"]
 # pFLAlign's tuned config with these changes (they win over tuned values).
 ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanism 2 only": ["algo.m1=false"],
@@ -119,7 +127,8 @@ def setting_configs(name: str, args) -> tuple[list, pd.DataFrame]:
     overrides, lr_range = SETTINGS[name]
     base = [*COMMON, *overrides, *args.overrides]
     out = args.runs / name
-    methods = {m: (m, []) for m in args.algorithms} | {c: v for c, v in CONTROLS.items() if v[0] in args.algorithms}
+    methods = {m: (m, []) for m in args.algorithms} | {c: v for c, v in {**CONTROLS, **VARIANTS}.items()
+                                                        if v[0] in args.algorithms}
     tuned = {m: tune_method(m, *methods[m], base, lr_range, args, out / "tuning")
              for m in TUNED if m in methods and args.trials > 0}
     variants = {m: (m, algorithm, extra) for m, (algorithm, extra) in methods.items()}
@@ -204,12 +213,12 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]
 
 
 def across_settings(results: pd.DataFrame, labels, settings: list[str], column: str = COLUMNS[0]) -> pd.DataFrame:
-    """``column`` as mean ± std over seeds, one column per setting, plus the mean rank (stability:
-    lower ranks first)."""
+    """``column`` as mean ± sample std over seeds, one column per setting, plus the mean rank
+    (stability: lower ranks first)."""
     rows = results[results["label"].isin(labels)]
     if rows.empty:
         return pd.DataFrame({"(no runs)": []})
-    stats = rows.groupby(["label", "setting"])[column].agg(mean="mean", std=lambda x: x.std(ddof=0)) * 100
+    stats = rows.groupby(["label", "setting"])[column].agg(mean="mean", std=lambda x: x.std(ddof=1)) * 100
     means = stats["mean"].unstack()[settings]
     wide = (stats["mean"].map("{:.1f}".format) + " ± " + stats["std"].map("{:.1f}".format)).unstack()[settings]
     wide.insert(0, "mean rank", means.rank(ascending=column == "stability std").mean(axis=1).round(1))
@@ -269,10 +278,13 @@ def main() -> None:
     results = pd.concat([r for r, _, _ in parts])
     gradvar = pd.concat([g.reset_index() for _, g, _ in parts if not g.empty] or [pd.DataFrame()])
     diverged = [d for _, _, ds in parts for d in ds]
-    heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS])], args.settings, args.results / "summary.png")
+    heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS, *VARIANTS])], args.settings,
+            args.results / "summary.png")
     curves = focus_curves(results, args.results / "acc_vs_round.png")
-    methods = [*args.algorithms, *CONTROLS]
-    text = ["# Accuracy suite summary", "", f"Mean ± std over seeds {args.seeds}, in %; mean rank over the settings.",
+    methods = [*args.algorithms, *[c for c, (algorithm, _) in CONTROLS.items() if algorithm in args.algorithms]]
+    variants = [v for v in VARIANTS if "pflalign" in args.algorithms]
+    text = ["# Accuracy suite summary", "", f"Mean ± sample std over seeds {args.seeds}, in %; mean rank over the "
+            "settings.",
             "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
             across_settings(results, methods, args.settings).to_markdown(), "",
             "## Bottom 10% of clients (final round)", "",
@@ -280,7 +292,9 @@ def main() -> None:
             "## Stability (std of the mean accuracy over the last `stability_window` evaluations, points)", "",
             across_settings(results, methods, args.settings, "stability std").to_markdown(), "",
             "## pFLAlign ablation (weighted accuracy)", "",
-            across_settings(results, ["pflalign", *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
+            across_settings(results, ["pflalign", *VARIANTS, *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
+            *statistics_section(results, "pflalign", [m for m in TUNED if m in methods and m != "pflalign"],
+                                variants, [m for m in methods if m != "pflalign"], COLUMNS[0]),
             "## Diverged runs (non-finite loss; left out of the tables above)", "",
             *([f"- {d['setting']}: {d['label']}, seed {d['seed']}: {d['error']}" for d in diverged] or ["none"]), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",

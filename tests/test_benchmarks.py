@@ -1,7 +1,9 @@
-"""The accuracy suite's settings and search spaces are valid configs and sweeps (no runs)."""
+"""The accuracy suite's settings and search spaces are valid configs and sweeps (no runs), and its
+statistics say what the numbers say."""
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -10,6 +12,7 @@ from tune import load_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import accuracy  # noqa: E402
+import accuracy_stats  # noqa: E402
 
 
 @pytest.mark.parametrize("setting", list(accuracy.SETTINGS))
@@ -18,7 +21,7 @@ def test_every_setting_and_tuned_space_validates(setting, tmp_path):
     base = [*overrides, *accuracy.COMMON]
     assert load_config(None, base).data.val_fraction > 0  # tuning reads validation only
     for method in accuracy.TUNED:
-        algorithm, extra = accuracy.CONTROLS.get(method, (method, []))
+        algorithm, extra = {**accuracy.CONTROLS, **accuracy.VARIANTS}.get(method, (method, []))
         space = accuracy.search_space(algorithm, lr_range, base)
         assert space["train.lr"] == f"loguniform({lr_range[0]}, {lr_range[1]})"
         path = tmp_path / f"{method}.yaml"
@@ -30,5 +33,40 @@ def test_every_setting_and_tuned_space_validates(setting, tmp_path):
 
 def test_pflalign_is_tuned_on_algorithm_md_hyperparameters():
     space = accuracy.search_space("pflalign", (0.01, 0.3), [])
-    assert {"algo.kappa", "algo.pmax", "algo.gamma0", "algo.eta_g", "algo.lam_g", "train.lr"} == set(space)
+    assert {"algo.kappa", "algo.pmax", "algo.gamma0", "algo.eta_g", "algo.lam_g", "algo.gate_scope",
+            "algo.direction", "train.lr"} == set(space)
+    assert space["algo.gate_scope"] == "choice([all, head])" and space["algo.direction"] == "choice([momentum, gradient])"
     assert set(accuracy.search_space("local", (0.01, 0.3), [])) == {"train.lr"}
+    # the control keeps its own space: fedavg_ft's hyperparameters, none of pFLAlign's
+    assert set(accuracy.search_space("fedavg_ft", (0.01, 0.3), [])) == {"algo.b1", "train.lr"}
+    assert all(accuracy.VARIANTS[v][0] == "pflalign" and v in accuracy.TUNED for v in accuracy.VARIANTS)
+
+
+def _results(diffs: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
+    """setting -> label -> per-seed accuracy (fractions), as the suite's results frame."""
+    col = accuracy.COLUMNS[0]
+    return pd.DataFrame([{"setting": s, "label": label, "seed": i, col: v}
+                         for s, labels in diffs.items() for label, vals in labels.items() for i, v in enumerate(vals)])
+
+
+def test_paired_statistics_wins_ties_losses_and_the_variant_rule():
+    col = accuracy.COLUMNS[0]
+    base = [0.80, 0.82, 0.78, 0.81, 0.79]
+    up = [b + 0.02 + 0.001 * i for i, b in enumerate(base)]  # +2 points on every seed: a win
+    noisy = [b + d for b, d in zip(base, [0.03, -0.03, 0.01, -0.02, 0.0])]  # mean -0.2 points, spread: a tie
+    res = _results({"a": {"pflalign": up, "fedrep": base, "var": up},
+                    "b": {"pflalign": base, "fedrep": up, "var": [u + 0.01 for u in up]},
+                    "c": {"pflalign": noisy, "fedrep": base, "var": noisy}})
+    tables = accuracy_stats.paired_by_setting(res, "pflalign", ["fedrep"], col)
+    assert [tables[s].loc["fedrep", "outcome"] for s in "abc"] == ["win", "loss", "tie"]
+    assert tables["a"].loc["fedrep", "mean_diff"] == pytest.approx(2.2)  # points
+    verdicts = accuracy_stats.variant_verdicts(res, "pflalign", ["var"], ["fedrep"], col)
+    # var ties a and c, wins b; ranks 1, 1, 2 vs the default's 1, 2, 2: it replaces the default
+    assert verdicts.loc["var", ["win", "tie", "loss"]].tolist() == [1, 2, 0]
+    assert verdicts.loc["var", "verdict"] == "replaces the default"
+    worse = res.assign(**{col: [v - 0.05 if (lab == "var" and s == "a") else v
+                                for v, lab, s in zip(res[col], res["label"], res["setting"])]})
+    assert accuracy_stats.variant_verdicts(worse, "pflalign", ["var"], ["fedrep"], col).loc["var", "verdict"] \
+        == "stays an option"  # one loss is enough
+    text = "\n".join(accuracy_stats.statistics_section(res, "pflalign", ["fedrep"], ["var"], ["fedrep"], col))
+    assert "+2.20 [" in text and "replaces the default" in text

@@ -5,9 +5,16 @@ built from moments that persist across rounds (a Wiener estimate of the client's
 gradient). Mechanism 2 restarts each turn from w + Gamma*(theta_i - w) and moves the gates
 Gamma toward coordinates where the client's descent direction agrees with its personalized
 direction, minus a KL shrinkage (both from a PAC-Bayes bound).
+
+Two variants from the same bound, options beside the specified default: ``gate_shape=tensor``
+restricts the posterior mean to w + gamma_l * d_l with one gate per tensor (J's gradient summed
+over the tensor: the gate moves by cos(-gbar, d) minus lam_g * gamma), and ``kappa_mode=client``
+weights the noise by the bound's KL weight, which falls as 1/sqrt(n_i): a client with less data
+shrinks noisy coordinates harder (kappa_i = kappa * sqrt(mean n / n_i)).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -27,6 +34,8 @@ class PFLAlignHparams:
     direction: str = option("momentum", "h = bias-corrected EMA of gradients, or the raw gradient",
                             choices=["momentum", "gradient"])
     kappa: float = option(1.0, "noise weight of the SNR shrinkage", lo=0, sweep="loguniform(0.1, 10)")
+    kappa_mode: str = option("global", "kappa for every client, or per client from the bound: "
+                             "kappa * sqrt(mean train size / n_i)", choices=["global", "client"])
     pmax: float = option(4.0, "cap on P after per-tensor mean normalization", lo=0, lo_open=True,
                          sweep="uniform(2, 16)")
     b1: float = option(0.9, "first-moment decay", lo=0, hi=0.9999, sweep="uniform(0.8, 0.95)")
@@ -35,6 +44,8 @@ class PFLAlignHparams:
                           sweep="loguniform(0.1, 10)")
     gate_scope: str = option("all", "tensors with gates (head: the body always starts from w)",
                              choices=["all", "head"])
+    gate_shape: str = option("coordinate", "a gate per coordinate, or one per tensor (its step: "
+                             "cos(-gbar, d) - lam_g * gamma)", choices=["coordinate", "tensor"])
     gamma0: float = option(0.2, "initial gate", lo=0, hi=1, sweep="uniform(0, 1)")
     eta_g: float = option(0.1, "gate step", lo=0, sweep="loguniform(0.01, 0.5)")
     lam_g: float = option(4.0, "KL shrinkage weight of the gate update", lo=0, sweep="loguniform(0.1, 10)")
@@ -96,6 +107,16 @@ def gate_step(gamma: torch.Tensor, gbar: torch.Tensor, d: torch.Tensor, *, eta_g
     return (gamma + eta_g * (align - kl)).clamp(0, 1)
 
 
+def tensor_gate_step(gamma: torch.Tensor, gbar: torch.Tensor, d: torch.Tensor, *, eta_g: float,
+                     lam_g: float, score: str) -> torch.Tensor:
+    """One gate for a whole tensor: :func:`gate_step`'s score and KL averaged over the tensor's
+    coordinates at a common gamma (the mean per-coordinate score is cos(-gbar, d); the mean KL
+    term is lam_g * gamma), clipped to [0, 1]."""
+    align = cosine(-gbar, d)
+    align = align if score == "clip" else float(math.copysign(1, align) if align else 0)
+    return (gamma + eta_g * (align - lam_g * gamma)).clamp(0, 1)
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1), eps=1e-30))
 
@@ -107,13 +128,32 @@ class PFLAlign(Algorithm):
     def _in_scope(self, name: str) -> bool:
         return self.hp.gate_scope == "all" or name.startswith("head.")
 
+    def _initial_gate(self, like: torch.Tensor) -> torch.Tensor:
+        shape = like.shape if self.hp.gate_shape == "coordinate" else ()
+        return torch.full(shape, self.hp.gamma0, dtype=like.dtype, device=like.device)
+
+    def _kappa(self, turn: Turn) -> float:
+        """This client's noise weight: the global kappa, or kappa scaled by the bound's KL weight
+        relative to a client of the federation's mean size (equal sizes: exactly kappa)."""
+        if self.hp.kappa_mode == "global":
+            return self.hp.kappa
+        return self.hp.kappa * math.sqrt(turn.payload["mean_train"] / turn.num_train)
+
+    def init_server_state(self, global_params: Params, client_weights: list[float]) -> dict:
+        if self.hp.kappa_mode == "global":
+            return {}
+        return {"mean_train": sum(client_weights) / len(client_weights)}
+
+    def payload(self, global_params: Params, server_state: dict) -> dict:
+        return {"global": global_params, **server_state}
+
     # ---- client side -------------------------------------------------------------------
     def client_begin(self, module, turn: Turn) -> None:
         hp, w, theta = self.hp, turn.payload["global"], turn.state.get("theta")
         start = dict(w)
         if hp.m2 and theta is not None:
             gamma = turn.state.setdefault(
-                "gamma", {k: torch.full_like(v, hp.gamma0) for k, v in w.items() if self._in_scope(k)})
+                "gamma", {k: self._initial_gate(v) for k, v in w.items() if self._in_scope(k)})
             d = {k: theta[k] - w[k] for k in gamma}
             start.update({k: w[k] + gamma[k] * d[k] for k in gamma})
             turn.scratch["d"] = d
@@ -136,7 +176,7 @@ class PFLAlign(Algorithm):
                 sc["gsum"] = dict(zip([k for k, _ in gated], torch._foreach_add([g for _, g in gated], 0)))
         if hp.m1:
             mh, vh = update_moments(turn.state, names, grads, hp.b1, hp.b2)
-            P = preconditioners(hp.precond, mh, vh, hp.kappa, hp.pmax, hp.rho_p)
+            P = preconditioners(hp.precond, mh, vh, self._kappa(turn), hp.pmax, hp.rho_p)
             h = mh if hp.direction == "momentum" else grads
         else:
             P, h = None, grads
@@ -149,15 +189,16 @@ class PFLAlign(Algorithm):
         hp, sc, end = self.hp, turn.scratch, module.params()
         stats = {}
         if "d" in sc and sc["steps"]:
-            gamma = turn.state["gamma"]
+            gamma, step = turn.state["gamma"], gate_step if hp.gate_shape == "coordinate" else tensor_gate_step
             cos = []
             for k, d in sc["d"].items():
                 gbar = sc["gsum"][k] / sc["steps"]
                 cos.append(cosine(-gbar, d))
-                gamma[k] = gate_step(gamma[k], gbar, d, eta_g=hp.eta_g, lam_g=hp.lam_g, score=hp.score)
+                gamma[k] = step(gamma[k], gbar, d, eta_g=hp.eta_g, lam_g=hp.lam_g, score=hp.score)
             stats["align/cos_dir"] = sum(cos) / len(cos)
-        if "gamma" in turn.state:
-            stats["gamma"] = float(torch.cat([g.reshape(-1) for g in turn.state["gamma"].values()]).mean())
+        if "gamma" in turn.state:  # the mean gate over coordinates, whatever the gates' shape
+            gates = [g.expand_as(end[k]).reshape(-1) for k, g in turn.state["gamma"].items()]
+            stats["gamma"] = float(torch.cat(gates).mean())
         if hp.diag_every and turn.round % hp.diag_every == 0 and turn.client_id < hp.diag_clients:
             stats.update(gradient_variance(module, turn.data, self._current_p(module, turn), hp.diag_batches,
                                            module.batch_size))
@@ -173,7 +214,8 @@ class PFLAlign(Algorithm):
             return None
         m, v = turn.state["m"], turn.state["v"]
         P = preconditioners(hp.precond, torch._foreach_div(list(m.values()), 1 - hp.b1 ** s),
-                            torch._foreach_div([v[k] for k in m], 1 - hp.b2 ** s), hp.kappa, hp.pmax, hp.rho_p)
+                            torch._foreach_div([v[k] for k in m], 1 - hp.b2 ** s), self._kappa(turn), hp.pmax,
+                            hp.rho_p)
         return dict(zip(m, P))
 
     def personalized_params(self, module, turn: Turn) -> Params:
