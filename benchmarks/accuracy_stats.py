@@ -33,6 +33,13 @@ def paired_markdown(table: pd.DataFrame) -> str:
     return cells.to_markdown()
 
 
+def compact_markdown(tables: dict[str, pd.DataFrame]) -> str:
+    """Opponents x settings: the mean paired difference, its 95% interval and the outcome's letter."""
+    cell = "{0.mean_diff:+.1f} [{0.ci_low:+.1f}, {0.ci_high:+.1f}] {1}"
+    return pd.DataFrame({setting: pd.Series({r.Index: cell.format(r, r.outcome[0].upper()) for r in t.itertuples()})
+                         for setting, t in tables.items()}).to_markdown()
+
+
 def scores(results: pd.DataFrame, labels: list[str], metric: str) -> pd.DataFrame:
     """Mean over seeds, one row per label, one column per setting (in %)."""
     rows = results[results["label"].isin(labels)]
@@ -76,7 +83,8 @@ def statistics_section(results: pd.DataFrame, method: str, opponents: list[str],
              "partition and sampling stream), with its 95% t interval; exact two-sided Wilcoxon signed-rank "
              "and paired t p-values. Outcome: win/loss when the interval excludes 0, else tie. With 5 "
              "seeds the smallest two-sided Wilcoxon p is 0.0625, so the t interval decides.", "",
-             "### Win / tie / loss across settings", "", win_tie_loss(tables).to_markdown(), ""]
+             "### Win / tie / loss across settings", "", win_tie_loss(tables).to_markdown(), "",
+             "### Mean paired difference [95% CI] per setting (W/T/L)", "", compact_markdown(tables), ""]
     for setting, table in tables.items():
         lines += [f"### {setting}", "", paired_markdown(table), ""]
     lines += ["## Mean rank with its spread (rank 1 = best, over settings)", "",
