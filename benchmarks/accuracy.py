@@ -115,7 +115,8 @@ def tune_method(method: str, algorithm: str, extra: list[str], base: list[str], 
         connect(RayConfig(local_cpus=args.jobs))  # no-op when Ray is up already
         outcome = run_sweep(sweep)
         if outcome.best is None:
-            raise SystemExit(f"sweep {outcome.sweep_dir} did not finish: pflalign tune --resume it, then rerun")
+            raise SystemExit(f"sweep {outcome.sweep_dir} did not finish: pflalign tune --resume it, then rerun"
+                             if outcome.incomplete else f"sweep {outcome.sweep_dir}: every trial diverged")
         done = [outcome.sweep_dir / "best.yaml"]
     trials = pd.read_csv(done[-1].parent / "trials.csv", dtype={"trial": str})
     best = trials.iloc[0]

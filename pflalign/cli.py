@@ -193,8 +193,11 @@ def cmd_tune(args) -> int:
     if out.incomplete:
         print(f"pflalign: {out.incomplete} trial(s) failed or were interrupted; continue with: "
               f"pflalign tune --resume {out.sweep_dir}", file=sys.stderr)
+    elif out.best is None:
+        print("pflalign: every trial diverged (non-finite loss): no best config; narrow the space "
+              "(e.g. a lower train.lr range)", file=sys.stderr)
     print(out.sweep_dir)
-    return 1 if out.incomplete else 0
+    return 1 if out.incomplete or out.best is None else 0
 
 
 def cmd_report(args) -> int:

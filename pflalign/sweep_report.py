@@ -20,7 +20,8 @@ import yaml
 from .errors import InputError
 
 NOT_USED = "(not used for selection)"
-STATUS_COLORS = {"completed": "tab:blue", "stopped": "tab:orange", "error": "tab:red", "unfinished": "tab:grey"}
+STATUS_COLORS = {"completed": "tab:blue", "stopped": "tab:orange", "diverged": "tab:purple", "error": "tab:red",
+                 "unfinished": "tab:grey"}
 
 
 @dataclass

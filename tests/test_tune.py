@@ -122,6 +122,25 @@ def test_resume_continues_an_interrupted_sweep(ray_cluster, tiny, tmp_path):
     assert (fresh / "metrics.jsonl").read_text() == (run_dir / "metrics.jsonl").read_text()
 
 
+def test_a_diverged_trial_is_a_result_not_an_error(ray_cluster, tiny, tmp_path):
+    """A trial whose loss becomes non-finite ends the sweep normally (its hyperparameters are bad,
+    there is nothing to resume) and is never selected; a sweep where every trial diverges says so."""
+    path = sweep_file(tmp_path, space={"train.lr": "grid([0.05, 1.0e+12])"}, num_samples=1)
+    code, out, err = _main(["tune", "--sweep", str(path), *tiny])
+    assert code == 0, err
+    sweep_dir = Path(out.strip().splitlines()[-1])
+    table = pd.read_csv(sweep_dir / "trials.csv", dtype={"trial": str})
+    assert list(table["status"]) == ["completed", "diverged"] and table["val_acc_last10"].isna().tolist() == [False, True]
+    diverged = table.loc[1, "trial"]
+    assert "non-finite loss" in yaml.safe_load((sweep_dir / "trials" / diverged / "diverged.json").read_text())["error"]
+    assert load_config(sweep_dir / "best.yaml").train.lr == 0.05
+
+    path = sweep_file(tmp_path, space={"train.lr": "grid([1.0e+12])"}, num_samples=1)
+    code, out, err = _main(["tune", "--sweep", str(path), *tiny])
+    assert code == 1 and "every trial diverged" in err
+    assert not (Path(out.strip().splitlines()[-1]) / "best.yaml").exists()
+
+
 def test_trials_log_to_wandb_offline(ray_cluster, tiny, tmp_path, monkeypatch):
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))

@@ -22,6 +22,7 @@ from pflalign.errors import ConfigError
 from pflalign.serialize import umask
 
 from .spec import Sweep, load_sweep, nest, parse_distribution
+from .trial import DIVERGED
 
 
 @dataclass
@@ -132,9 +133,11 @@ def trials_table(sweep: Sweep, sweep_dir: Path, grid) -> pd.DataFrame:
         last_round, status = m.get("round", 0), statuses.get(_trial_id(r))
         status = {"TERMINATED": "completed" if last_round == sweep.cfg.rounds else "stopped",
                   "ERROR": "error"}.get(status, "unfinished")
+        if status != "error" and (sweep_dir / "trials" / _trial_id(r) / DIVERGED).is_file():
+            status = "diverged"  # ended by a non-finite loss: its metric is not a score
         best = hist[sweep.metric].agg(sweep.mode) if hist is not None and sweep.metric in hist else math.nan
-        rows.append({"trial": _trial_id(r), "status": status,
-                     "round": last_round, sweep.metric: m.get(sweep.metric, math.nan),
+        rows.append({"trial": _trial_id(r), "status": status, "round": last_round,
+                     sweep.metric: math.nan if status == "diverged" else m.get(sweep.metric, math.nan),
                      f"{sweep.metric} (best round)": best, "test acc (not used)": m.get("acc", math.nan),
                      **{k: (r.config or {}).get(k) for k in sweep.space}})
     df = pd.DataFrame(rows)

@@ -17,10 +17,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from pflalign.checkpoint import copy_checkpoint
+from pflalign.checkpoint import copy_checkpoint, write_json
 from pflalign.config import load_config
+from pflalign.errors import NonFiniteLossError
 
 from .spec import nest
+
+# A trial whose loss became non-finite ended with a result (its hyperparameters diverge), not an
+# error to resume: it records why here (in its run directory) and is never selected.
+DIVERGED = "diverged.json"
 
 # Driver-side W&B settings a trial inherits (a Ray worker has the environment of its raylet,
 # not of the `pflalign tune` process).
@@ -111,6 +116,10 @@ def run_trial(params: dict, *, base: dict, sweep_dir: str, experiment: str, env:
 
     try:
         run_experiment(cfg, callbacks, resume=resume)
+    except NonFiniteLossError as e:
+        _abandon(made, e)
+        (trials_dir / trial_id).mkdir(parents=True, exist_ok=True)
+        write_json(trials_dir / trial_id / DIVERGED, {"trial": trial_id, "error": str(e)})
     except BaseException as e:
         _abandon(made, e)
         raise
