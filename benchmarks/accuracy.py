@@ -295,7 +295,7 @@ def main() -> None:
             "## pFLAlign ablation (weighted accuracy)", "",
             across_settings(results, ["pflalign", *VARIANTS, *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
             *statistics_section(results, "pflalign", [m for m in TUNED if m in methods and m != "pflalign"],
-                                variants, [m for m in methods if m != "pflalign"], COLUMNS[0]),
+                                variants, [m for m in methods if m != "pflalign"], COLUMNS[0], len(SETTINGS)),
             "## Diverged runs (non-finite loss; left out of the tables above)", "",
             *([f"- {d['setting']}: {d['label']}, seed {d['seed']}: {d['error']}" for d in diverged] or ["none"]), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",

@@ -51,9 +51,10 @@ def ranks_markdown(scores: pd.DataFrame) -> str:
 
 
 def variant_verdicts(results: pd.DataFrame, default: str, variants: list[str], pool: list[str],
-                     metric: str) -> pd.DataFrame:
+                     metric: str, suite_settings: int | None = None) -> pd.DataFrame:
     """Per variant: its win/tie/loss against ``default`` over settings, its mean rank when it takes
-    the default's place among ``pool`` (the other methods) and the default's, and the verdict."""
+    the default's place among ``pool`` (the other methods) and the default's, and the verdict
+    (provisional while fewer than the suite's ``suite_settings`` settings have results)."""
     rows = {}
     settings = sorted(set(results["setting"]))
     base = mean_ranks(scores(results, [default, *pool], metric))
@@ -66,6 +67,8 @@ def variant_verdicts(results: pd.DataFrame, default: str, variants: list[str], p
         complete = len(tables) == len(settings)
         better = ranked.loc[v, "mean_rank"] < base.loc[default, "mean_rank"]
         verdict = "replaces the default" if complete and wtl["loss"] == 0 and better else "stays an option"
+        if suite_settings is not None and len(settings) < suite_settings:
+            verdict = f"provisional ({len(settings)} of {suite_settings} settings): {verdict}"
         rows[v] = {"win": int(wtl["win"]), "tie": int(wtl["tie"]), "loss": int(wtl["loss"]),
                    "settings": f"{len(tables)}/{len(settings)}", "mean rank": round(ranked.loc[v, "mean_rank"], 2),
                    f"{default} mean rank": round(base.loc[default, "mean_rank"], 2), "verdict": verdict}
@@ -73,7 +76,7 @@ def variant_verdicts(results: pd.DataFrame, default: str, variants: list[str], p
 
 
 def statistics_section(results: pd.DataFrame, method: str, opponents: list[str], variants: list[str],
-                       pool: list[str], metric: str) -> list[str]:
+                       pool: list[str], metric: str, suite_settings: int | None = None) -> list[str]:
     """The summary's statistics, as markdown lines."""
     tables = paired_by_setting(results, method, opponents, metric)
     if not tables:
@@ -89,7 +92,7 @@ def statistics_section(results: pd.DataFrame, method: str, opponents: list[str],
         lines += [f"### {setting}", "", paired_markdown(table), ""]
     lines += ["## Mean rank with its spread (rank 1 = best, over settings)", "",
               ranks_markdown(scores(results, [method, *pool], metric)), ""]
-    verdicts = variant_verdicts(results, method, variants, pool, metric)
+    verdicts = variant_verdicts(results, method, variants, pool, metric, suite_settings)
     if len(verdicts):
         lines += ["## pFLAlign variants against the default", "",
                   "A variant replaces the default only if it wins or ties every setting against it and its "

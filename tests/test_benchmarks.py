@@ -70,5 +70,7 @@ def test_paired_statistics_wins_ties_losses_and_the_variant_rule():
         == "stays an option"  # one loss is enough
     text = "\n".join(accuracy_stats.statistics_section(res, "pflalign", ["fedrep"], ["var"], ["fedrep"], col))
     assert "+2.20 [" in text and "replaces the default" in text
+    partial = accuracy_stats.variant_verdicts(res, "pflalign", ["var"], ["fedrep"], col, suite_settings=6)
+    assert partial.loc["var", "verdict"] == "provisional (3 of 6 settings): replaces the default"
     row = next(line for line in accuracy_stats.compact_markdown(tables).splitlines() if line.startswith("| fedrep"))
     assert [c.strip() for c in row.split("|")[2:-1]] == ["+2.2 [+2.0, +2.4] W", "-2.2 [-2.4, -2.0] L", "-0.2 [-3.2, +2.8] T"]  # t(4) half-width 2.96
