@@ -72,8 +72,8 @@ CONTROLS = {"fedavg_ft_pm": ("fedavg_ft", ["algo.persistent_momentum=true"])}
 # pFLAlign's PAC-Bayes variants (options, not the default), tuned with pFLAlign's space and budget.
 VARIANTS = {"pflalign_tensor_gates": ("pflalign", ["algo.gate_shape=tensor"]),
             "pflalign_client_kappa": ("pflalign", ["algo.kappa_mode=client"])}
-TUNED = ["pflalign", *VARIANTS, "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep", "fedala", "fedrod",
-         "fedas", "fedcac", "fedbabu", "fedcp", "gpfl"]
+TUNED = ["pflalign", *VARIANTS, "fedavg_ft_pm", "local", "fedavg_ft", "ditto", "apfl", "fedper", "fedrep",
+         "fedala", "fedrod", "fedas", "fedcac", "fedbabu", "fedcp", "gpfl"]
 # pFLAlign's tuned config with these changes (they win over tuned values).
 ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanism 2 only": ["algo.m1=false"],
             "pflalign: neither (= FedAvg+FT)": ["algo.m1=false", "algo.m2=false"],

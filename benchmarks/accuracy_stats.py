@@ -86,7 +86,8 @@ def statistics_section(results: pd.DataFrame, method: str, opponents: list[str],
              "partition and sampling stream), with its 95% t interval; exact two-sided Wilcoxon signed-rank "
              "and paired t p-values. Outcome: win/loss when the interval excludes 0, else tie. With 5 "
              "seeds the smallest two-sided Wilcoxon p is 0.0625, so the t interval decides.", "",
-             "### Win / tie / loss across settings (rows: the opponent; win: pFLAlign better)", "", win_tie_loss(tables).to_markdown(), "",
+             "### Win / tie / loss across settings (rows: the opponent; win: pFLAlign better)", "",
+             win_tie_loss(tables).to_markdown(), "",
              "### Mean paired difference [95% CI] per setting (W/T/L)", "", compact_markdown(tables), ""]
     for setting, table in tables.items():
         lines += [f"### {setting}", "", paired_markdown(table), ""]
