@@ -20,8 +20,12 @@
     python benchmarks/accuracy.py --settings synthetic --seeds 0,1,2 --jobs 2
 
 Writes ``benchmarks/results/accuracy/<setting>/`` (table.md/csv, tuning.md, gradvar.md,
-``pflalign report`` plots) and ``benchmarks/results/accuracy/summary.md``. Finished sweeps and
-runs under ``--runs`` are reused, so an interrupted suite continues where it stopped.
+``pflalign report`` plots, and what the summary reads back: runs.csv, curves.csv, gradvar.csv,
+diverged.json, protocol.json last) and ``benchmarks/results/accuracy/summary.md``. Finished sweeps
+and runs under ``--runs`` are reused, so an interrupted suite continues where it stopped. The
+summary covers every setting stored under ``--results`` with this invocation's protocol (trials,
+tuning rounds, seeds, algorithms, overrides), so the suite may also be run a few settings at a time,
+on other machines or after ``--runs`` is gone (``--summary-only`` just rewrites the summary).
 """
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ from pflalign.compare import format_table, load_results, summary_table
 from pflalign.config import load_config, packaged, to_dict
 from pflalign.errors import NonFiniteLossError
 from pflalign.experiment import launch
-from pflalign.report import plot_curves, write_report
+from pflalign.compare import metric_names
+from pflalign.report import history_rows, plot_history, write_report
 from tune import load_sweep
 from tune.runner import run_sweep
 from tune.spec import nest
@@ -80,6 +85,7 @@ ABLATION = {"pflalign: mechanism 1 only": ["algo.m2=false"], "pflalign: mechanis
             "pflalign: gate A": ["algo.gate_scope=head", "algo.gamma0=1", "algo.lam_g=0"]}
 FOCUS = ["pflalign", "pflalign: mechanism 1 only", "fedavg_ft_pm", "local", "fedavg_ft", "fedrep", "ditto"]
 DIVERGED = "diverged.json"
+PROTOCOL = "protocol.json"  # written last: a setting without it is incomplete
 COLUMNS = ["acc (weighted, last 10)", "worst client", "bottom 10%", "stability std", "acc (mean, last 10)",
            "global model acc"]
 
@@ -180,9 +186,14 @@ def run_one(cfg) -> None:
                                                     "config": to_dict(cfg)}))
 
 
-def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
-    """Tune, run, and write the setting's tables; returns its per-run results, gradient variance
-    and diverged runs."""
+def protocol(args) -> dict:
+    """What must match for stored settings to share one summary."""
+    return {"trials": args.trials, "tune_rounds": args.tune_rounds, "seeds": args.seeds,
+            "algorithms": args.algorithms, "overrides": args.overrides}
+
+
+def run_setting(name: str, args) -> None:
+    """Tune, run, and write the setting's tables and the files the summary reads back."""
     cfgs, tuning = setting_configs(name, args)
     todo = [c for c in cfgs if not finished(c)]
     for c in todo:  # an interrupted run, or a run of an older config under this name, starts over
@@ -194,23 +205,51 @@ def run_setting(name: str, args) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]
                 if (Path(c.out_dir) / c.name / DIVERGED).is_file()]
     if not dirs:
         raise SystemExit(f"{name}: every run diverged ({diverged[0]['error']})")
+    dest = args.results / name
+    (dest / PROTOCOL).unlink(missing_ok=True)
+    write_report(dirs, dest)  # runs.csv among them
     results = load_results(dirs)
     table = format_table(summary_table(results))
     order = results.groupby("label")[COLUMNS[0]].mean().sort_values(ascending=False).index
     table = table.loc[order, ["seeds", *[c for c in COLUMNS if c in table]]]
-    dest = args.results / name
-    write_report(dirs, dest)
     table.to_csv(dest / "table.csv")
     note = "".join(f"\nDiverged (non-finite loss; left out of its row, which so has fewer seeds): "
                    f"{d['label']}, seed {d['seed']}: {d['error']}\n" for d in diverged)
     (dest / "table.md").write_text(table.to_markdown() + "\n" + note)
     (dest / "tuning.md").write_text(tuning.to_markdown(index=False) + "\n" if len(tuning) else "no tuning\n")
+    (dest / DIVERGED).write_text(json.dumps([{k: d[k] for k in ("label", "seed", "error")} for d in diverged]))
     gv = collect_gradvar(dirs)
-    if not gv.empty:
-        gv = summarize_gradvar(gv).round(3)
-        (dest / "gradvar.md").write_text(gv.to_markdown() + "\n")
+    gv = summarize_gradvar(gv).round(3).reset_index() if not gv.empty else pd.DataFrame(columns=["label"])
+    if len(gv):
+        (dest / "gradvar.md").write_text(gv.set_index("label").to_markdown() + "\n")
+    gv.to_csv(dest / "gradvar.csv", index=False)
+    focus = [(label, d) for label, d in zip(results["label"], dirs) if label in FOCUS]
+    (dest / "curves.csv").unlink(missing_ok=True)
+    if focus:
+        history_rows(pd.DataFrame({"setting": name, "label": [label for label, _ in focus], "history": [
+            [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for _, d in focus]})
+        ).to_csv(dest / "curves.csv", index=False)
+    (dest / PROTOCOL).write_text(json.dumps(protocol(args), indent=1) + "\n")
     print(f"\n## {name}\n\n{table.to_markdown()}\n{note}", flush=True)
-    return results.assign(setting=name, run_dir=dirs), gv.assign(setting=name), [{**d, "setting": name} for d in diverged]
+
+
+def stored_settings(args) -> tuple[list[str], list[str]]:
+    """The settings stored under ``--results`` with this protocol, and those stored with another."""
+    saved = {s: json.loads((args.results / s / PROTOCOL).read_text()) for s in SETTINGS
+             if (args.results / s / PROTOCOL).is_file()}
+    return [s for s, p in saved.items() if p == protocol(args)], [s for s, p in saved.items() if p != protocol(args)]
+
+
+def load_setting(name: str, results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[dict]]:
+    """A stored setting's per-run results (headed as ``load_results``), gradient variance, focus
+    curves (empty if not stored) and diverged runs."""
+    dest = results_dir / name
+    runs = pd.read_csv(dest / "runs.csv").rename(columns={v: k for k, v in metric_names().items()})
+    runs = runs[["label", "seed", *[c for c in metric_names() if c in runs]]].assign(setting=name)
+    gv = pd.read_csv(dest / "gradvar.csv")
+    curves = pd.read_csv(dest / "curves.csv") if (dest / "curves.csv").is_file() else pd.DataFrame()
+    diverged = [{**d, "setting": name} for d in json.loads((dest / DIVERGED).read_text())]
+    return runs, gv.assign(setting=name) if len(gv) else gv, curves, diverged
 
 
 def across_settings(results: pd.DataFrame, labels, settings: list[str], column: str = COLUMNS[0]) -> pd.DataFrame:
@@ -226,14 +265,12 @@ def across_settings(results: pd.DataFrame, labels, settings: list[str], column: 
     return wide.sort_values("mean rank")
 
 
-def focus_curves(results: pd.DataFrame, path: Path) -> bool:
+def focus_curves(curves: pd.DataFrame, path: Path) -> bool:
     """Accuracy vs round of pFLAlign, the control and the reference baselines, one panel per setting
     (False: none of them ran, nothing drawn)."""
-    runs = results[results["label"].isin(FOCUS)].copy()
-    if runs.empty:  # --algorithms with none of them
+    if curves.empty:  # --algorithms with none of them
         return False
-    runs["history"] = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in runs["run_dir"]]
-    plot_curves(runs, path)
+    plot_history(curves, path)
     return True
 
 
@@ -268,6 +305,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs (and trials) in parallel")
     ap.add_argument("--runs", type=Path, default=ROOT / "benchmarks/results/runs/accuracy")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/accuracy")
+    ap.add_argument("--summary-only", action="store_true", help="run nothing; rewrite summary.md from the "
+                    "settings stored under --results")
     ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE for every run and trial (e.g. rounds=60)")
     args = ap.parse_args()
     args.settings, args.algorithms = args.settings.split(","), args.algorithms.split(",")
@@ -275,32 +314,44 @@ def main() -> None:
     unknown = sorted(set(args.settings) - set(SETTINGS)) + sorted(set(args.algorithms) - set(ALGORITHMS))
     if unknown:
         raise SystemExit(f"unknown setting or algorithm: {unknown[0]}")
-    parts = [run_setting(name, args) for name in args.settings]
-    results = pd.concat([r for r, _, _ in parts])
-    gradvar = pd.concat([g.reset_index() for _, g, _ in parts if not g.empty] or [pd.DataFrame()])
-    diverged = [d for _, _, ds in parts for d in ds]
-    heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS, *VARIANTS])], args.settings,
+    if not args.summary_only:
+        for name in args.settings:
+            run_setting(name, args)
+    settings, other = stored_settings(args)
+    if not settings:
+        raise SystemExit(f"no setting under {args.results} was stored with this protocol ({protocol(args)})")
+    parts = [load_setting(name, args.results) for name in settings]
+    results = pd.concat([r for r, _, _, _ in parts])
+    gradvar = pd.concat([g for _, g, _, _ in parts if not g.empty] or [pd.DataFrame()])
+    diverged = [d for _, _, _, ds in parts for d in ds]
+    heatmap(results[results["label"].isin([*args.algorithms, *CONTROLS, *VARIANTS])], settings,
             args.results / "summary.png")
-    curves = focus_curves(results, args.results / "acc_vs_round.png")
+    curves = focus_curves(pd.concat([c for _, _, c, _ in parts]), args.results / "acc_vs_round.png")
+    no_curves = [name for name, (_, _, c, _) in zip(settings, parts) if c.empty]
     methods = [*args.algorithms, *[c for c, (algorithm, _) in CONTROLS.items() if algorithm in args.algorithms]]
     variants = [v for v in VARIANTS if "pflalign" in args.algorithms]
-    text = ["# Accuracy suite summary", "", f"Mean ± sample std over seeds {args.seeds}, in %; mean rank over the "
-            "settings.",
+    text = ["# Accuracy suite summary", "", f"Settings: {', '.join(settings)}"
+            + (f" (stored with another protocol, left out: {', '.join(other)})" if other else "") + ".",
+            f"Protocol: {args.trials} trials per tuned method, {args.tune_rounds} tuning rounds, seeds {args.seeds}"
+            + (f", overrides {args.overrides}" if args.overrides else "") + ".",
+            "", f"Mean ± sample std over seeds {args.seeds}, in %; mean rank over the settings.",
             "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
-            across_settings(results, methods, args.settings).to_markdown(), "",
+            across_settings(results, methods, settings).to_markdown(), "",
             "## Bottom 10% of clients (final round)", "",
-            across_settings(results, methods, args.settings, "bottom 10%").to_markdown(), "",
+            across_settings(results, methods, settings, "bottom 10%").to_markdown(), "",
             "## Stability (std of the mean accuracy over the last `stability_window` evaluations, points)", "",
-            across_settings(results, methods, args.settings, "stability std").to_markdown(), "",
+            across_settings(results, methods, settings, "stability std").to_markdown(), "",
             "## pFLAlign ablation (weighted accuracy)", "",
-            across_settings(results, ["pflalign", *VARIANTS, *ABLATION, *CONTROLS], args.settings).to_markdown(), "",
+            across_settings(results, ["pflalign", *VARIANTS, *ABLATION, *CONTROLS], settings).to_markdown(), "",
             *statistics_section(results, "pflalign", [m for m in TUNED if m in methods and m != "pflalign"],
                                 variants, [m for m in methods if m != "pflalign"], COLUMNS[0], len(SETTINGS)),
             "## Diverged runs (non-finite loss; left out of the tables above)", "",
             *([f"- {d['setting']}: {d['label']}, seed {d['seed']}: {d['error']}" for d in diverged] or ["none"]), "",
             "## Gradient variance (pFLAlign's diagnostic; mean over measured rounds and seeds)", "",
             gradvar.to_markdown(index=False) if len(gradvar) else "(no pFLAlign runs)", "", "![summary](summary.png)", "",
-            *(["![accuracy vs round](acc_vs_round.png)", ""] if curves else [])]
+            *(["![accuracy vs round](acc_vs_round.png)", ""] if curves else []),
+            *([f"(No per-round curves stored for {', '.join(no_curves)}: run before curves.csv was kept.)", ""]
+              if curves and no_curves else [])]
     (args.results / "summary.md").write_text("\n".join(text))
     print("\n".join(text))
 

@@ -248,10 +248,9 @@ def partition_figures(runs: pd.DataFrame) -> dict:
     return figs
 
 
-def plot_curves(runs: pd.DataFrame, path: Path) -> None:
-    """Per-round curves of ``runs`` (columns label, setting, history) to ``path`` and a PDF beside
-    it; labels by their mean accuracy over the last 10 evaluations (benchmarks use this)."""
-    rows = history_rows(runs)
+def plot_history(rows: pd.DataFrame, path: Path) -> None:
+    """Per-round curves from :func:`history_rows`' rows (a benchmark stores those, not whole runs) to
+    ``path`` and a PDF beside it; labels by their mean accuracy over the last 10 evaluations."""
     order = {s: list(g.groupby("label")["acc_mean"].apply(lambda a: a.tail(LAST).mean()).sort_values(ascending=False)
                      .index) for s, g in rows.groupby("setting", sort=False)}
     fig = plots.curves_figure(rows, order, {s: s for s in order}, plots.label_colors(sorted(set(rows["label"]))))

@@ -74,3 +74,40 @@ def test_paired_statistics_wins_ties_losses_and_the_variant_rule():
     assert partial.loc["var", "verdict"] == "provisional (3 of 6 settings): replaces the default"
     row = next(line for line in accuracy_stats.compact_markdown(tables).splitlines() if line.startswith("| fedrep"))
     assert [c.strip() for c in row.split("|")[2:-1]] == ["+2.2 [+2.0, +2.4] W", "-2.2 [-2.4, -2.0] L", "-0.2 [-3.2, +2.8] T"]  # t(4) half-width 2.96
+
+
+def test_summary_is_assembled_from_stored_settings_and_survives_the_runs(tiny, tmp_path, monkeypatch, capsys):
+    """Each setting stores what the summary needs; the summary covers exactly the settings stored with
+    this protocol and reads the same numbers back once the runs are gone."""
+    monkeypatch.setattr(accuracy, "SETTINGS", {"tiny-a": ([], (0.01, 0.3)), "tiny-b": (["data.alpha=5"], (0.01, 0.3))})
+    overrides = [o for o in tiny if not o.startswith("out_dir=")]
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    argv = ["accuracy.py", "--algorithms", "fedavg,pflalign", "--seeds", "0,1", "--trials", "0", "--jobs", "1",
+            "--runs", str(runs), "--results", str(results)]
+
+    def main(*extra):
+        monkeypatch.setattr(sys, "argv", [*argv, *extra, "--", *overrides])
+        accuracy.main()
+        return (results / "summary.md").read_text()
+
+    text = main("--settings", "tiny-a")
+    stored = results / "tiny-a"
+    assert {"runs.csv", "curves.csv", "gradvar.csv", "diverged.json", "protocol.json"} <= {p.name for p in stored.iterdir()}
+    assert "Settings: tiny-a." in text and "![accuracy vs round](acc_vs_round.png)" in text
+    dirs = sorted(p for p in (runs / "tiny-a" / "test").iterdir())
+    live = accuracy.load_results(dirs).sort_values(["label", "seed"]).reset_index(drop=True)
+    back, gradvar, curves, diverged = accuracy.load_setting("tiny-a", results)
+    back = back.sort_values(["label", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(back[live.columns], live, check_exact=False, rtol=1e-12)
+    assert set(curves["label"]) == {"pflalign", "pflalign: mechanism 1 only"} and diverged == []
+    assert "pflalign" in set(gradvar["label"])
+
+    import shutil
+    shutil.rmtree(runs)
+    assert main("--summary-only") == text  # the runs are gone; the stored setting is enough
+    shutil.copytree(stored, results / "tiny-b")
+    (results / "tiny-b" / "protocol.json").write_text((stored / "protocol.json").read_text().replace('"trials": 0',
+                                                                                                   '"trials": 16'))
+    assert "(stored with another protocol, left out: tiny-b)" in main("--summary-only")
+    with pytest.raises(SystemExit, match="no setting under .* was stored with this protocol"):
+        main("--summary-only", "--seeds", "0,1,2")
