@@ -254,13 +254,17 @@ def load_setting(name: str, results_dir: Path) -> tuple[pd.DataFrame, pd.DataFra
 
 def across_settings(results: pd.DataFrame, labels, settings: list[str], column: str = COLUMNS[0]) -> pd.DataFrame:
     """``column`` as mean ± sample std over seeds, one column per setting, plus the mean rank
-    (stability: lower ranks first)."""
+    (stability: lower ranks first). A cell over fewer seeds than its setting ran (a diverged run)
+    says n=k."""
     rows = results[results["label"].isin(labels)]
     if rows.empty:
         return pd.DataFrame({"(no runs)": []})
-    stats = rows.groupby(["label", "setting"])[column].agg(mean="mean", std=lambda x: x.std(ddof=1)) * 100
-    means = stats["mean"].unstack()[settings]
-    wide = (stats["mean"].map("{:.1f}".format) + " ± " + stats["std"].map("{:.1f}".format)).unstack()[settings]
+    stats = rows.groupby(["label", "setting"])[column].agg(mean="mean", std=lambda x: x.std(ddof=1), n="count")
+    seeds = results.groupby("setting")["seed"].nunique()
+    short = stats["n"] < seeds.reindex(stats.index.get_level_values("setting")).to_numpy()
+    means = stats["mean"].unstack()[settings] * 100
+    wide = ((stats["mean"] * 100).map("{:.1f}".format) + " ± " + (stats["std"] * 100).map("{:.1f}".format)
+            + stats["n"].map(" (n={})".format).where(short, "")).unstack()[settings]
     wide.insert(0, "mean rank", means.rank(ascending=column == "stability std").mean(axis=1).round(1))
     return wide.sort_values("mean rank")
 
@@ -334,7 +338,8 @@ def main() -> None:
             + (f" (stored with another protocol, left out: {', '.join(other)})" if other else "") + ".",
             f"Protocol: {args.trials} trials per tuned method, {args.tune_rounds} tuning rounds, seeds {args.seeds}"
             + (f", overrides {args.overrides}" if args.overrides else "") + ".",
-            "", f"Mean ± sample std over seeds {args.seeds}, in %; mean rank over the settings.",
+            "", f"Mean ± sample std over seeds {args.seeds}, in %; mean rank over the settings. A cell marked "
+            "(n=k) lost runs to divergence (listed below): its mean, and so its rank, are over the surviving seeds.",
             "", "## Personalized test accuracy (weighted by test size, last 10 evaluations)", "",
             across_settings(results, methods, settings).to_markdown(), "",
             "## Bottom 10% of clients (final round)", "",

@@ -111,3 +111,13 @@ def test_summary_is_assembled_from_stored_settings_and_survives_the_runs(tiny, t
     assert "(stored with another protocol, left out: tiny-b)" in main("--summary-only")
     with pytest.raises(SystemExit, match="no setting under .* was stored with this protocol"):
         main("--summary-only", "--seeds", "0,1,2")
+
+
+def test_a_cell_that_lost_seeds_says_so():
+    col = accuracy.COLUMNS[0]
+    res = pd.DataFrame([{"setting": "s", "label": label, "seed": seed, col: acc}
+                        for label, accs in {"a": [0.5, 0.7, 0.6], "b": [0.8, 0.9]}.items()
+                        for seed, acc in enumerate(accs)])
+    table = accuracy.across_settings(res, ["a", "b"], ["s"])
+    assert table.loc["a", "s"] == "60.0 ± 10.0" and table.loc["b", "s"] == "85.0 ± 7.1 (n=2)"
+    assert list(table.index) == ["b", "a"]  # the survivors' mean ranks it: the marker is the warning
