@@ -44,11 +44,10 @@ from gradvar import collect as collect_gradvar
 from gradvar import summarize as summarize_gradvar
 from pflalign.algorithms import ALGORITHMS
 from pflalign.checkpoint import experiment_identity, identity_of
-from pflalign.compare import format_table, load_results, summary_table
+from pflalign.compare import format_table, load_results, metric_names, summary_table
 from pflalign.config import load_config, packaged, to_dict
 from pflalign.errors import NonFiniteLossError
 from pflalign.experiment import launch
-from pflalign.compare import metric_names
 from pflalign.report import history_rows, plot_history, write_report
 from tune import load_sweep
 from tune.runner import run_sweep
