@@ -10,7 +10,7 @@ slice offset kept in the client state), both as in PFLlib.
 Every key, integer, string and accuracy must match exactly. Other floats may differ only in
 their last bits: the files were written on one CPU, and another CPU's float32 kernels sum in a
 different order. On an AMD EPYC with AVX-512, the losses and pFLAlign's align/* statistics differ
-by at most 3e-6 relative, while the weights, the predictions and so every accuracy are unchanged.
+by at most 3e-6 relative, and every accuracy is unchanged.
 A real change of results moves them by orders of magnitude more.
 """
 import json
