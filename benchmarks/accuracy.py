@@ -48,7 +48,7 @@ from pflalign.compare import format_table, load_results, metric_names, summary_t
 from pflalign.config import load_config, packaged, to_dict
 from pflalign.errors import NonFiniteLossError
 from pflalign.experiment import launch
-from pflalign.report import history_rows, plot_history, write_report
+from pflalign.report import history_rows, plot_history, read_history, write_report
 from tune import load_sweep
 from tune.runner import run_sweep
 from tune.spec import nest
@@ -225,9 +225,9 @@ def run_setting(name: str, args) -> None:
     focus = [(label, d) for label, d in zip(results["label"], dirs) if label in FOCUS]
     (dest / "curves.csv").unlink(missing_ok=True)
     if focus:
-        history_rows(pd.DataFrame({"setting": name, "label": [label for label, _ in focus], "history": [
-            [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for _, d in focus]})
-        ).to_csv(dest / "curves.csv", index=False)
+        rows = history_rows(pd.DataFrame({"setting": name, "label": [label for label, _ in focus],
+                                          "history": [read_history(d) for _, d in focus]}))
+        rows.to_csv(dest / "curves.csv", index=False)
     (dest / PROTOCOL).write_text(json.dumps(protocol(args), indent=1) + "\n")
     print(f"\n## {name}\n\n{table.to_markdown()}\n{note}", flush=True)
 
@@ -236,7 +236,8 @@ def stored_settings(args) -> tuple[list[str], list[str]]:
     """The settings stored under ``--results`` with this protocol, and those stored with another."""
     saved = {s: json.loads((args.results / s / PROTOCOL).read_text()) for s in SETTINGS
              if (args.results / s / PROTOCOL).is_file()}
-    return [s for s, p in saved.items() if p == protocol(args)], [s for s, p in saved.items() if p != protocol(args)]
+    ours = protocol(args)
+    return [s for s, p in saved.items() if p == ours], [s for s, p in saved.items() if p != ours]
 
 
 def load_setting(name: str, results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[dict]]:

@@ -1,5 +1,6 @@
-"""The accuracy suite's settings and search spaces are valid configs and sweeps (no runs), and its
-statistics say what the numbers say."""
+"""The accuracy suite's settings and search spaces are valid configs and sweeps, its statistics say
+what the numbers say, and its summary is assembled from stored settings (one tiny end-to-end run)."""
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_paired_statistics_wins_ties_losses_and_the_variant_rule():
     assert [c.strip() for c in row.split("|")[2:-1]] == ["+2.2 [+2.0, +2.4] W", "-2.2 [-2.4, -2.0] L", "-0.2 [-3.2, +2.8] T"]  # t(4) half-width 2.96
 
 
-def test_summary_is_assembled_from_stored_settings_and_survives_the_runs(tiny, tmp_path, monkeypatch, capsys):
+def test_summary_is_assembled_from_stored_settings_and_survives_the_runs(tiny, tmp_path, monkeypatch):
     """Each setting stores what the summary needs; the summary covers exactly the settings stored with
     this protocol and reads the same numbers back once the runs are gone."""
     monkeypatch.setattr(accuracy, "SETTINGS", {"tiny-a": ([], (0.01, 0.3)), "tiny-b": (["data.alpha=5"], (0.01, 0.3))})
@@ -102,7 +103,6 @@ def test_summary_is_assembled_from_stored_settings_and_survives_the_runs(tiny, t
     assert set(curves["label"]) == {"pflalign", "pflalign: mechanism 1 only"} and diverged == []
     assert "pflalign" in set(gradvar["label"])
 
-    import shutil
     shutil.rmtree(runs)
     assert main("--summary-only") == text  # the runs are gone; the stored setting is enough
     shutil.copytree(stored, results / "tiny-b")

@@ -13,12 +13,11 @@ different order. On an AMD EPYC with AVX-512, the losses and pFLAlign's align/* 
 by at most 3e-6 relative, and every accuracy is unchanged.
 A real change of results moves them by orders of magnitude more.
 """
-import json
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import read_jsonl, run_cli
 from pflalign.algorithms import ALGORITHMS
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -33,8 +32,7 @@ def test_every_algorithm_has_a_golden_file():
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_metrics_match_the_golden_file(tmp_path, data_cache, algorithm):
     run_dir = run_cli([f"algorithm={algorithm}", f"out_dir={tmp_path}", f"data.cache_dir={data_cache}", *ARGS])
-    got = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    want = [json.loads(line) for line in (GOLDEN / f"{algorithm}.jsonl").read_text().splitlines()]
+    got, want = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(GOLDEN / f"{algorithm}.jsonl")
     assert [list(r) for r in got] == [list(r) for r in want]  # the same records and keys, in order
     for g, w in zip(got, want):
         for key, value in w.items():
